@@ -1,0 +1,185 @@
+"""`hyinf.explain`: the occlusion heatmap of one image, exact, by the mode the caller picks."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hyinf.errors import SettingsError
+from hyinf.graph.geometry import OcclusionGrid, changed_regions
+from hyinf.graph.torch_frontend import trace_torch
+from hyinf.planner.plan import Mode, Plan
+from hyinf.planner.rule import threshold_plan
+from hyinf.runtime.budget import batch_size_for, bytes_per_position
+from hyinf.runtime.engine import Engine
+from hyinf.runtime.naive import naive_chunks
+from hyinf.runtime.occlusion import patch_fill
+
+MODES = ("hybrid", "incremental", "full", "naive")
+OUTPUTS = ("raw", "softmax")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The result of one occlusion run.
+
+    `scores[i, j]` is the target output with the patch at grid position (i, j); `heatmap` is the drop
+    `base_score - scores`; `attribution` has the input's shape and gives every pixel the mean drop of
+    the windows covering it (captum.attr.Occlusion's attribution). `node_modes` records how each
+    node was evaluated ("incremental", "full" or "base" for nodes the patch never changes).
+    """
+
+    scores: torch.Tensor
+    heatmap: torch.Tensor
+    attribution: torch.Tensor
+    target: int
+    base_score: float
+    grid: OcclusionGrid
+    mode: str
+    batch_size: int
+    timings: dict[str, float] = field(default_factory=dict)
+    node_modes: dict[str, str] = field(default_factory=dict)
+
+
+def _as_batch(image: torch.Tensor) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor):
+        raise SettingsError(f"image must be a torch.Tensor of shape (C, H, W) or (1, C, H, W), got {type(image).__name__}")
+    if image.dim() == 3:
+        image = image[None]
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise SettingsError(f"image must have shape (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
+    return image if image.is_floating_point() else image.float()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device to run on; the one place that checks a requested accelerator exists."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("device 'cuda' was requested but no CUDA GPU is available; use device='cpu'")
+    return dev
+
+
+def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
+    flat = outputs.reshape(outputs.shape[0], -1)
+    if output == "softmax":
+        flat = torch.softmax(flat, dim=1)
+    return flat[:, target]
+
+
+def _coverage(starts: torch.Tensor, patch: int, size: int) -> torch.Tensor:
+    """(positions, size) float mask: which pixels each position's (possibly cut-off) patch covers."""
+    pixels = torch.arange(size, device=starts.device)
+    return ((pixels[None] >= starts[:, None]) & (pixels[None] < starts[:, None] + patch)).to(torch.float64)
+
+
+def attribution_from(heatmap: torch.Tensor, grid: OcclusionGrid, shape: torch.Size) -> torch.Tensor:
+    """Per-pixel mean of the drops of the windows covering it (0 where none does), as captum computes.
+
+    Rows and columns are independent, so the sums over windows are two small matrix products.
+    """
+    dev = heatmap.device
+    rows = _coverage(torch.as_tensor(grid.starts(0), device=dev), grid.patch[0], grid.image_size[0])
+    cols = _coverage(torch.as_tensor(grid.starts(1), device=dev), grid.patch[1], grid.image_size[1])
+    total = rows.T @ heatmap.to(torch.float64) @ cols
+    count = rows.sum(0)[:, None] * cols.sum(0)[None, :]
+    mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    return mean.to(heatmap.dtype).expand(shape).clone()
+
+
+def explain(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    target: int | None = None,
+    patch: int | tuple[int, int] = 16,
+    stride: int | tuple[int, int] = 8,
+    patch_value: float | torch.Tensor = 0.0,
+    mode: str = "hybrid",
+    plan: Plan | None = None,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+    output: str = "raw",
+    batch_size: int | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
+) -> Explanation:
+    """Occlusion heatmap of `image` under `model`, equal to naive re-inference of every occluded image.
+
+    `mode` picks the evaluation: "naive" re-runs the model per occluded image, "full" and
+    "incremental" evaluate every node of hyinf's graph that way, "hybrid" chooses per node (or
+    follows `plan`). `patch_value` is a scalar or one value per channel, in the model's input space.
+    `output="softmax"` scores class probabilities instead of raw outputs. Positions are evaluated
+    `batch_size` at a time, by default as many as fit in `max_memory` bytes.
+    """
+    if mode not in MODES:
+        raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if output not in OUTPUTS:
+        raise SettingsError(f"output must be 'raw' or 'softmax', got {output!r}")
+    if backend != "torch":
+        raise SettingsError(f"backend {backend!r} is not available; this version supports backend='torch'")
+    dev = resolve_device(device)
+    batch = _as_batch(image).to(dev)
+    grid = OcclusionGrid.make(tuple(batch.shape[-2:]), patch, stride)  # type: ignore[arg-type]
+    fill = patch_fill(patch_value, batch.shape[1], dev, batch.dtype)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    with torch.no_grad():
+        if mode == "naive":
+            model = model.to(dev).eval()
+            base_out = model(batch)
+            node_modes: dict[str, str] = {}
+            try:  # the engine's estimate sizes the batches when the model can be traced
+                per_position = bytes_per_position(Engine(trace_torch(model, tuple(batch.shape), dev), grid, Plan.uniform(Mode.FULL)))
+            except Exception:
+                per_position = 64 * batch.numel() * batch.element_size()
+            size = batch_size_for(per_position, len(grid), max_memory, batch_size)
+            chunks: Iterator[tuple[int, torch.Tensor]] = naive_chunks(model, batch, grid, fill, size)
+        else:
+            program = trace_torch(model, tuple(batch.shape), dev)
+            timings["trace_s"] = time.perf_counter() - clock
+            if plan is None:
+                plan = threshold_plan(program.graph, changed_regions(program.graph, grid)) if mode == "hybrid" else Plan.uniform(mode)
+            engine = Engine(program, grid, plan)
+            node_modes = {name: rep.value for name, rep in engine.repr.items()}
+            size = batch_size_for(bytes_per_position(engine), len(grid), max_memory, batch_size)
+            timings["compile_s"] = time.perf_counter() - clock - timings["trace_s"]
+            run = engine.prepare(batch, fill)
+            base_out = run.base_output
+            chunks = run.chunks(size)
+
+        classes = math.prod(base_out.shape[1:])
+        if target is None:
+            target = int(base_out.reshape(1, -1).argmax())
+        if not isinstance(target, int) or not 0 <= target < classes:
+            raise SettingsError(f"target {target!r} is outside the model's {classes} outputs (0 .. {classes - 1})")
+        base_score = float(_scores(base_out, target, output)[0])
+        start = time.perf_counter()
+        scores = torch.empty(len(grid), dtype=batch.dtype, device=dev)
+        with tqdm(total=len(grid), desc=f"occlusion ({mode})", unit="pos", disable=not progress, leave=False) as bar:
+            for first, outputs in chunks:
+                scores[first : first + len(outputs)] = _scores(outputs, target, output)
+                bar.update(len(outputs))
+        timings["positions_s"] = time.perf_counter() - start
+    timings["total_s"] = time.perf_counter() - clock
+    scores = scores.reshape(grid.shape).cpu()
+    heatmap = base_score - scores
+    return Explanation(
+        scores=scores,
+        heatmap=heatmap,
+        attribution=attribution_from(heatmap, grid, image.shape),
+        target=target,
+        base_score=base_score,
+        grid=grid,
+        mode=mode if plan is None else f"{mode} ({plan.strategy})",
+        batch_size=size,
+        timings=timings,
+        node_modes=node_modes,
+    )
+

@@ -1,0 +1,199 @@
+"""PyTorch frontend: an nn.Module (or a torch.export graph) becomes the IR plus a TorchProgram.
+
+The model is traced with torch.fx and run once on a batch-1 example by a small interpreter that
+records every value (shape propagation). Only image-dependent tensors become IR nodes. Weights,
+buffers and values computed from them are folded into the kernels as constants; image-dependent
+non-tensor values (``x.size(0)``, the tuple a ``chunk`` returns) are re-evaluated inside the kernels
+of the nodes that read them, so they follow the batch size at run time.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.node import Argument, map_arg
+
+from hyinf.errors import ModelError
+from hyinf.graph.ir import Graph, Node, Op
+from hyinf.graph.torch_ops import Spec, classify_call, classify_module, op_name, out_of_place
+from hyinf.runtime.program import LocalKernel, TorchProgram
+
+INPUT_NAME = "image"
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced model once and keeps every node's value (shapes and folded constants)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as e:
+            raise ModelError(f"the model fails on an example image at {n.format_node()}: {e}") from e
+        self.values[n.name] = result
+        return result
+
+
+def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # fx raises many types; all mean the same thing to a user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"torch.fx cannot trace {type(model).__name__}: {first}. Make forward() free of data-dependent "
+            "Python control flow, or use mode='naive'"
+        ) from e
+
+
+def trace_torch(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu") -> TorchProgram:
+    """Build the IR and kernels of `model` for images of `input_shape` = (1, C, H, W)."""
+    device = torch.device(device)
+    if isinstance(model, torch.jit.ScriptModule):
+        return _opaque_program(model, input_shape, device)
+    model = copy.deepcopy(model).eval().to(device)
+    for m in model.modules():  # in-place activations would overwrite stored activations
+        if isinstance(getattr(m, "inplace", None), bool):
+            m.inplace = False
+    gm = model if isinstance(model, fx.GraphModule) else _symbolic_trace(model)
+    example = torch.rand(input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        recorder.run(example)
+    return _Builder(gm, recorder.values, device).build()
+
+
+def _opaque_program(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> TorchProgram:
+    """A model fx cannot look into (TorchScript) runs as one opaque node: always full evaluation."""
+    model = model.to(device).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(input_shape, device=device))
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"the model's output must be a tensor of scores, got {type(out).__name__}")
+    nodes = (
+        Node(INPUT_NAME, Op.INPUT, (), tuple(input_shape), (2, 3), label="image"),
+        Node("model", Op.OPAQUE, (INPUT_NAME,), tuple(out.shape), label=type(model).__name__),
+    )
+    return TorchProgram(Graph(nodes, INPUT_NAME, "model"), {INPUT_NAME: lambda x: x, "model": model}, {}, device)
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule, values: dict[str, Any], device: torch.device) -> None:
+        self.gm, self.values, self.device = gm, values, device
+        self.dependent: set[str] = set()
+        self.nodes: dict[str, Node] = {}
+        self.full: dict[str, Callable[..., torch.Tensor]] = {}
+        self.local: dict[str, LocalKernel] = {}
+        self.input = ""
+
+    def build(self) -> TorchProgram:
+        output: str | None = None
+        for n in self.gm.graph.nodes:
+            if n.op == "placeholder":
+                self._placeholder(n)
+            elif n.op == "output":
+                output = self._output(n)
+            elif any(a.name in self.dependent for a in n.all_input_nodes):
+                self.dependent.add(n.name)
+                if isinstance(self.values[n.name], torch.Tensor):
+                    self._node(n)
+        assert output is not None
+        graph = Graph(tuple(self.nodes.values()), self.input, output)
+        return TorchProgram(graph, self.full, self.local, self.device)
+
+    def _placeholder(self, n: fx.Node) -> None:
+        if self.nodes:
+            if not n.args:  # a second input without a default cannot be occluded or filled in
+                raise ModelError(f"the model takes a second input '{n.target}'; hyinf explains single-image models")
+            return
+        value = self.values[n.name]
+        self.dependent.add(n.name)
+        self.input = n.name
+        self.nodes[n.name] = Node(n.name, Op.INPUT, (), tuple(value.shape), (2, 3), label="image")
+        self.full[n.name] = lambda x: x
+
+    def _output(self, n: fx.Node) -> str:
+        result = n.args[0]
+        if not isinstance(result, fx.Node) or result.name not in self.nodes:
+            kind = type(self.values.get(getattr(result, "name", ""), result)).__name__
+            raise ModelError(f"the model's output must be one tensor of scores computed from the image, got {kind}")
+        return result.name
+
+    def _node(self, n: fx.Node) -> None:
+        value: torch.Tensor = self.values[n.name]
+        leaves, fn = self._expression(n)
+        inputs = [self.nodes[leaf] for leaf in leaves]
+        shape = tuple(value.shape)
+        proto = Node(n.name, Op.OPAQUE, tuple(i.name for i in inputs), shape, (2, 3) if len(shape) == 4 else None)
+        spec, label = self._classify(n, inputs, proto)
+        spatial = spec.spatial
+        if spec.op is Op.OPAQUE or (spatial is not None and max(spatial) >= len(shape)):
+            spec = Spec(Op.OPAQUE, None)
+            spatial = (2, 3) if len(shape) == 4 else None
+        self.nodes[n.name] = Node(n.name, spec.op, proto.inputs, shape, spatial, spec.window, spec.macs, label)
+        self.full[n.name] = spec.full or fn
+        if spec.local is not None:
+            self.local[n.name] = spec.local
+
+    def _classify(self, n: fx.Node, inputs: list[Node], proto: Node) -> tuple[Spec, str]:
+        call, index = n, None
+        if n.op == "call_function" and op_name(n.target) == "getitem":
+            source = n.args[0]
+            if isinstance(source, fx.Node) and source.name not in self.nodes:  # an item of a tuple result
+                call, index = source, n.args[1]
+        if call.op == "call_module":
+            module = self.gm.get_submodule(call.target)
+            label = f"{call.target} ({type(module).__name__})"
+            if index is not None:
+                return Spec(Op.OPAQUE, None), label
+            return classify_module(module, inputs, proto, self.device), label
+        name = op_name(call.target)
+        args = map_arg(call.args, lambda a: self.values[a.name])
+        kwargs = map_arg(call.kwargs, lambda a: self.values[a.name])
+        label = name if index is None else f"{name}[{index}]"
+        return classify_call(name, args, kwargs, inputs, proto, self.device, index), label
+
+    def _expression(self, root: fx.Node) -> tuple[list[str], Callable[..., torch.Tensor]]:
+        """The IR inputs of `root` and a kernel computing it from them, inlining non-tensor steps."""
+        leaves: list[str] = []
+
+        def visit(a: fx.Node) -> None:
+            if a.name in self.nodes:
+                if a.name not in leaves:
+                    leaves.append(a.name)
+            elif a.name in self.dependent:
+                for b in a.all_input_nodes:
+                    visit(b)
+
+        for a in root.all_input_nodes:
+            visit(a)
+
+        def kernel(*vals: torch.Tensor) -> torch.Tensor:
+            env: dict[str, Any] = dict(zip(leaves, vals))
+
+            def evaluate(node: fx.Node) -> Any:
+                if node.name not in env:
+                    env[node.name] = self._call(node, evaluate) if node.name in self.dependent else self.values[node.name]
+                return env[node.name]
+
+            return self._call(root, evaluate)
+
+        return leaves, kernel
+
+    def _call(self, n: fx.Node, evaluate: Callable[[fx.Node], Any]) -> Any:
+        args: Argument = map_arg(n.args, evaluate)
+        kwargs: dict[str, Any] = dict(map_arg(n.kwargs, evaluate))  # type: ignore[arg-type]
+        if "inplace" in kwargs:
+            kwargs["inplace"] = False
+        target = out_of_place(n.target)
+        if n.op == "call_module":
+            return self.gm.get_submodule(n.target)(*args, **kwargs)  # type: ignore[misc]
+        if n.op == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)  # type: ignore[index]
+        return target(*args, **kwargs)  # type: ignore[misc]

@@ -1,0 +1,46 @@
+"""How many occlusion positions to evaluate at once, from a memory budget."""
+
+from __future__ import annotations
+
+import math
+
+from hyinf.errors import SettingsError
+from hyinf.graph.ir import LOCAL_OPS
+from hyinf.runtime.engine import Engine, Repr
+
+DEFAULT_MAX_MEMORY = 2 * 1024**3  # bytes; leaves most of a 24 GiB machine free
+MAX_BATCH = 64  # larger chunks stop paying off on CPUs (caches) and only raise peak memory
+
+
+def bytes_per_position(engine: Engine, element_size: int = 4) -> int:
+    """An upper bound on the activation memory one position needs (all values alive at once)."""
+    total = 0
+    for node in engine.graph.nodes:
+        rep = engine.repr[node.name]
+        if rep is Repr.BASE:
+            continue
+        elements = math.prod(node.shape[1:])
+        if rep is Repr.WIN:
+            region = engine.regions[node.name]
+            rows, cols = node.spatial_size
+            elements = elements * region.window_area // (rows * cols)
+            if node.op in LOCAL_OPS:  # the padded input window it reads
+                read = engine.reads[node.name][0]
+                assert read is not None
+                src = engine.graph[read.src]
+                srows, scols = src.spatial_size
+                elements += math.prod(src.shape[1:]) * read.rows * read.cols // (srows * scols)
+        total += elements
+    return total * element_size
+
+
+def batch_size_for(per_position: int, positions: int, max_memory: int | None, batch_size: int | None) -> int:
+    """The chunk size: `batch_size` if given, else as many positions as fit `max_memory`."""
+    if batch_size is not None:
+        if batch_size < 1:
+            raise SettingsError(f"batch_size must be at least 1, got {batch_size}")
+        return min(batch_size, positions)
+    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+    if budget <= 0:
+        raise SettingsError(f"max_memory must be a positive number of bytes, got {budget}")
+    return max(1, min(positions, MAX_BATCH, budget // max(per_position, 1)))

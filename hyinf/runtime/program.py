@@ -1,0 +1,39 @@
+"""What the PyTorch backend executes: the IR plus one kernel per node."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from hyinf.graph.ir import Graph
+
+
+@dataclass(frozen=True)
+class LocalKernel:
+    """A local op evaluated on windows that already hold their padding.
+
+    `fn` runs the op with padding 0. `pad_value` fills rows outside the map (0 for convolution and
+    average pooling, -inf for max pooling). For average pooling `fn` returns window sums and
+    `divisor` holds the divisor of every output element, shape (1, 1, rows, cols), so
+    count_include_pad, ceil_mode and divisor_override behave exactly as in the full op.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    pad_value: float = 0.0
+    divisor: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TorchProgram:
+    """The graph and the kernels that evaluate it.
+
+    `full[name]` computes a node from its inputs' whole values exactly as the source model does,
+    for any batch size. `local[name]` exists for local ops and evaluates them on windows.
+    """
+
+    graph: Graph
+    full: Mapping[str, Callable[..., torch.Tensor]]
+    local: Mapping[str, LocalKernel]
+    device: torch.device
