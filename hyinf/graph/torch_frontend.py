@@ -136,7 +136,9 @@ class _Builder:
         if spec.op is Op.OPAQUE or (spatial is not None and max(spatial) >= len(shape)):
             spec = Spec(Op.OPAQUE, None)
             spatial = (2, 3) if len(shape) == 4 else None
-        self.nodes[n.name] = Node(n.name, spec.op, proto.inputs, shape, spatial, spec.window, spec.macs, label)
+        # A reshape's kernel takes the target shape from the IR, so only the data is an input.
+        node_inputs = proto.inputs[:1] if spec.op is Op.RESHAPE else proto.inputs
+        self.nodes[n.name] = Node(n.name, spec.op, node_inputs, shape, spatial, spec.window, spec.macs, label)
         self.full[n.name] = spec.full or fn
         if spec.local is not None:
             self.local[n.name] = spec.local
@@ -157,7 +159,14 @@ class _Builder:
         args = map_arg(call.args, lambda a: self.values[a.name])
         kwargs = map_arg(call.kwargs, lambda a: self.values[a.name])
         label = name if index is None else f"{name}[{index}]"
-        return classify_call(name, args, kwargs, inputs, proto, self.device, index), label
+        first = call.args[0] if call.args else None
+        constants = [
+            self.values[a.name]
+            for a in call.all_input_nodes
+            if a.name not in self.dependent and isinstance(self.values[a.name], torch.Tensor)
+        ]
+        first_is_data = isinstance(first, fx.Node) and first.name in self.nodes
+        return classify_call(name, args, kwargs, inputs, proto, self.device, first_is_data=first_is_data, constants=constants, index=index), label
 
     def _expression(self, root: fx.Node) -> tuple[list[str], Callable[..., torch.Tensor]]:
         """The IR inputs of `root` and a kernel computing it from them, inlining non-tensor steps."""

@@ -297,13 +297,27 @@ def _along(inp: Node, dim: int) -> Spec:
     return Spec(Op.POINTWISE, inp.spatial)
 
 
-def classify_call(name: str, args: Sequence[Any], kwargs: dict[str, Any], inputs: Sequence[Node], out: Node, device: torch.device, index: int | None = None) -> Spec:
-    """Spec of a function or method call; `index` is set when `out` is one item of the call's tuple result."""
+def classify_call(
+    name: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    inputs: Sequence[Node],
+    out: Node,
+    device: torch.device,
+    *,
+    first_is_data: bool,
+    constants: Sequence[torch.Tensor] = (),
+    index: int | None = None,
+) -> Spec:
+    """Spec of a function or method call.
+
+    `first_is_data` says the first argument is the image-dependent input; `constants` are the tensor
+    arguments that do not depend on the image; `index` is set when `out` is one item of the call's
+    tuple result.
+    """
     if not inputs:
         return Spec(Op.OPAQUE, None)
     inp = inputs[0]
-    first_is_data = isinstance(args[0], torch.Tensor) if args else False
-    constants = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)][len(inputs):]
     single = len(inputs) == 1 and first_is_data
     if name in ("conv2d", "convolution") and single and _is_nchw(inp):
         weight, bias = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
@@ -314,10 +328,10 @@ def classify_call(name: str, args: Sequence[Any], kwargs: dict[str, Any], inputs
     if name in ("max_pool2d", "max_pool2d_with_indices") and single and _is_nchw(inp):
         if _arg(args, kwargs, 6, "return_indices", False) or (name == "max_pool2d_with_indices" and index != 0):
             return Spec(Op.OPAQUE, None)
-        return _max_pool(inp, out, args[1], _arg(args, kwargs, 2, "stride"), _arg(args, kwargs, 3, "padding", 0), _arg(args, kwargs, 4, "dilation", 1))
+        return _max_pool(inp, out, _arg(args, kwargs, 1, "kernel_size"), _arg(args, kwargs, 2, "stride"), _arg(args, kwargs, 3, "padding", 0), _arg(args, kwargs, 4, "dilation", 1))
     if name == "avg_pool2d" and single and _is_nchw(inp):
         return _avg_pool(
-            inp, out, args[1], _arg(args, kwargs, 2, "stride"), _arg(args, kwargs, 3, "padding", 0),
+            inp, out, _arg(args, kwargs, 1, "kernel_size"), _arg(args, kwargs, 2, "stride"), _arg(args, kwargs, 3, "padding", 0),
             _arg(args, kwargs, 4, "ceil_mode", False), _arg(args, kwargs, 5, "count_include_pad", True),
             _arg(args, kwargs, 6, "divisor_override"), device,
         )
@@ -327,8 +341,8 @@ def classify_call(name: str, args: Sequence[Any], kwargs: dict[str, Any], inputs
         return _adaptive("max", inp, out, device)
     if name in ("pad", "constant_pad_nd") and single:
         mode = "constant" if name == "constant_pad_nd" else _arg(args, kwargs, 2, "mode", "constant")
-        return _pad(inp, args[1], mode, _arg(args, kwargs, 3 if name == "pad" else 2, "value", 0.0))
-    if name in RESHAPES and single:
+        return _pad(inp, _arg(args, kwargs, 1, "pad"), mode, _arg(args, kwargs, 3 if name == "pad" else 2, "value", 0.0))
+    if name in RESHAPES and first_is_data:  # sizes read off the input are recomputed by the kernel
         return _reshape(inp, out)
     if name in ("permute", "transpose", "swapaxes", "movedim") and single and inp.spatial is not None:
         rank = len(inp.shape)

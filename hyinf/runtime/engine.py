@@ -20,13 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hyinf.graph.geometry import Change, OcclusionGrid, Region, changed_regions, read_start
 from hyinf.graph.ir import LOCAL_OPS, Graph, Node, Op
 from hyinf.planner.plan import Mode, Plan
 from hyinf.runtime.occlusion import PatchSpans
 from hyinf.runtime.program import TorchProgram
-from hyinf.runtime.windows import gather_each, gather_shared, overlay, paste
+from hyinf.runtime.windows import from_rows, gather, middle_shape, overlay, paste, to_rows, window_index
 
 
 class Repr(enum.Enum):
@@ -38,10 +39,6 @@ class Repr(enum.Enum):
 def _to_last(t: torch.Tensor, spatial: tuple[int, int]) -> torch.Tensor:
     """Move the spatial axes to the end (a view; no-op for NCHW)."""
     return t.movedim(spatial, (-2, -1))
-
-
-def _from_last(t: torch.Tensor, spatial: tuple[int, int]) -> torch.Tensor:
-    return t.movedim((-2, -1), spatial)
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,84 +191,104 @@ class ImageRun:
 
     # ---- reading inputs ----------------------------------------------------------------------
 
+    def _layout(self, name: str) -> tuple[tuple[int, int], tuple[int, ...]]:
+        node = self.e.graph[name]
+        assert node.spatial is not None
+        return node.spatial, middle_shape(node.shape, node.spatial)
+
+    def _window_size(self, name: str) -> tuple[int, int]:
+        region = self.e.regions[name]
+        assert region.rows is not None and region.cols is not None
+        return region.rows.size, region.cols.size
+
     def full_value(self, name: str) -> torch.Tensor:
         """Whole maps of node `name` for every position of the chunk."""
         rep, base = self.e.repr[name], self.base[name]
         if rep is Repr.FULL:
             return self.env[name]
-        whole = base.expand(self.n, *base.shape[1:])
         if rep is Repr.BASE:
-            return whole
-        spatial = self.e.graph[name].spatial
-        assert spatial is not None
+            return base.expand(self.n, *base.shape[1:])
+        spatial, middle = self._layout(name)
+        size = self.e.graph[name].spatial_size
         top, left = self.e.offsets[name]
-        dst = _to_last(whole, spatial).contiguous()
-        return _from_last(paste(dst, _to_last(self.env[name], spatial), top[self.i], left[self.j]), spatial)
+        dst = self._base_rows(name, (0, 0, 0, 0), 0.0).repeat(self.n, 1)
+        paste(dst, size, to_rows(self.env[name], spatial), self._window_size(name), top[self.i], left[self.j])
+        return from_rows(dst, self.n, size, middle, spatial)
 
-    def _padded_base(self, name: str, pad: tuple[int, int, int, int], value: float) -> torch.Tensor:
+    def _base_rows(self, name: str, pad: tuple[int, int, int, int], value: float) -> torch.Tensor:
+        """The clean image's value of `name`, padded, in pixel-major rows (cached per image)."""
         key = (name, pad, value)
         if key not in self._padded:
-            spatial = self.e.graph[name].spatial
-            assert spatial is not None
-            self._padded[key] = torch.nn.functional.pad(_to_last(self.base[name], spatial), pad, value=value).contiguous()
+            spatial, _ = self._layout(name)
+            padded = F.pad(_to_last(self.base[name], spatial), pad, value=value)
+            self._padded[key] = to_rows(padded, (padded.dim() - 2, padded.dim() - 1)).contiguous()
         return self._padded[key]
 
     def window_value(self, read: _Read) -> torch.Tensor:
         """Each position's read window of an input, in the input's own layout."""
         if read.passthrough:
             return self.env[read.src]
-        spatial = self.e.graph[read.src].spatial
-        assert spatial is not None
+        spatial, middle = self._layout(read.src)
+        rows, cols = self.e.graph[read.src].spatial_size
+        prows, pcols = rows + read.pad[2] + read.pad[3], cols + read.pad[0] + read.pad[1]
         top, left = read.top[self.i], read.left[self.j]
         rep = self.e.repr[read.src]
         if rep is Repr.FULL:
-            src = torch.nn.functional.pad(_to_last(self.env[read.src], spatial), read.pad, value=read.pad_value)
-            return _from_last(gather_each(src, top, left, read.rows, read.cols), spatial)
-        out = gather_shared(self._padded_base(read.src, read.pad, read.pad_value), top, left, read.rows, read.cols)
+            padded = F.pad(_to_last(self.env[read.src], spatial), read.pad, value=read.pad_value)
+            src = to_rows(padded, (padded.dim() - 2, padded.dim() - 1))
+            out = gather(src, window_index(top, left, read.rows, read.cols, pcols, prows * pcols))
+        else:
+            src = self._base_rows(read.src, read.pad, read.pad_value)
+            out = gather(src, window_index(top, left, read.rows, read.cols, pcols))
         if rep is Repr.WIN:
             stop, sleft = self.e.offsets[read.src]
             rel_top, rel_left = stop[self.i] + read.pad[2] - top, sleft[self.j] + read.pad[0] - left
-            win = _to_last(self.env[read.src], spatial)
-            out = paste(out, win, rel_top, rel_left) if read.fits else overlay(out, win, rel_top, rel_left)
-        return _from_last(out, spatial)
+            win, size = to_rows(self.env[read.src], spatial), self._window_size(read.src)
+            out = (paste if read.fits else overlay)(out, (read.rows, read.cols), win, size, rel_top, rel_left)
+        return from_rows(out, self.n, (read.rows, read.cols), middle, spatial)
 
     # ---- evaluating nodes --------------------------------------------------------------------
 
     def _full_node(self, node: Node) -> torch.Tensor:
         e = self.e
         if node.op is Op.INPUT:
-            return e.spans.occlude(self.image, self.i, self.j, self.fill)
+            images = e.spans.occlude(self.image, self.i, self.j, self.fill)
+            return images.contiguous(memory_format=torch.channels_last)  # the layout CPU convolutions prefer
         if node.name in e.gap_incremental:
             return self._gap_update(node)
         return e.program.full[node.name](*(self.full_value(i) for i in node.inputs))
 
     def _window_node(self, node: Node) -> torch.Tensor:
         e = self.e
-        region = e.regions[node.name]
-        assert region.rows is not None and region.cols is not None
+        size = self._window_size(node.name)
         top, left = e.offsets[node.name]
         top, left = top[self.i], left[self.j]
         if node.op is Op.INPUT:
-            win = gather_shared(self.image, top, left, region.rows.size, region.cols.size)
-            return torch.where(e.spans.mask(self.i, self.j, top, left, region.rows.size, region.cols.size), self.fill, win)
+            cols = node.spatial_size[1]
+            win = gather(self._base_rows(node.name, (0, 0, 0, 0), 0.0), window_index(top, left, *size, cols))
+            mask = e.spans.mask(self.i, self.j, top, left, *size).reshape(-1, 1)
+            win = torch.where(mask, self.fill.reshape(1, -1), win)
+            return from_rows(win, self.n, size, (node.shape[1],), (2, 3))
         reads = e.reads[node.name]
         if node.op in LOCAL_OPS:
             kernel = e.program.local[node.name]
             out = kernel.fn(self.window_value(reads[0]))  # type: ignore[arg-type]
             if kernel.divisor is not None:
-                out = out / gather_shared(kernel.divisor, top, left, region.rows.size, region.cols.size)
+                divisor = to_rows(kernel.divisor, (2, 3))
+                index = window_index(top, left, *size, node.spatial_size[1])
+                out = out / from_rows(gather(divisor, index), self.n, size, (1,), (2, 3))
             return out
         args = [self.base[name] if read is None else self.window_value(read) for name, read in zip(node.inputs, reads)]
         return e.program.full[node.name](*args)
 
     def _gap_update(self, node: Node) -> torch.Tensor:
         """Exact global average pooling from the changed window alone: base mean + window delta / area."""
-        src = self.e.graph[node.inputs[0]]
-        region = self.e.regions[src.name]
-        assert src.spatial is not None and region.rows is not None and region.cols is not None
-        top, left = self.e.offsets[src.name]
-        new = _to_last(self.env[src.name], src.spatial)
-        old = gather_shared(_to_last(self.base[src.name], src.spatial), top[self.i], left[self.j], region.rows.size, region.cols.size)
-        rows, cols = src.spatial_size
-        delta = (new - old).sum(dim=(-2, -1)) / (rows * cols)
+        src = node.inputs[0]
+        spatial, _ = self._layout(src)
+        rows, cols = self.e.graph[src].spatial_size
+        size = self._window_size(src)
+        top, left = self.e.offsets[src]
+        old = gather(self._base_rows(src, (0, 0, 0, 0), 0.0), window_index(top[self.i], left[self.j], *size, cols))
+        new = to_rows(self.env[src], spatial)
+        delta = (new - old).view(self.n, size[0] * size[1], -1).sum(1) / (rows * cols)
         return self.base[node.name] + delta.reshape(self.n, *node.shape[1:])

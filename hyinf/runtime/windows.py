@@ -1,59 +1,70 @@
 """Vectorised window gathers and pastes over a batch of occlusion positions.
 
-Tensors here have their two spatial axes last: (batch, *middle, rows, cols). Each function moves
-whole windows with one indexing kernel, whatever the number of positions: a Python loop over
-positions would dominate the run time.
+Windows move as rows of a "pixel-major" matrix: a value with spatial axes (rows, cols) and other
+axes M is viewed as a (batch * rows * cols, M) matrix, one row per pixel. A window is then a set
+of row indices, and a gather or paste is one `index_select` or `index_copy_` of contiguous rows,
+which is several times faster than strided advanced indexing. A 4-D NCHW value in this layout is
+simply channels_last, which is also the layout the CPU convolution kernels prefer.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1, t.shape[-2], t.shape[-1])
+def to_rows(t: torch.Tensor, spatial: tuple[int, int]) -> torch.Tensor:
+    """(batch * rows * cols, M) view (or copy) of `t` with one row per pixel."""
+    moved = t.movedim(spatial, (1, 2))
+    return moved.reshape(-1, math.prod(moved.shape[3:]))
 
 
-def gather_shared(src: torch.Tensor, top: torch.Tensor, left: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Window n of `src` (one map, batch 1) starting at (top[n], left[n]): (N, *middle, rows, cols)."""
-    flat = _flat(src)[0]
-    views = flat.unfold(1, rows, 1).unfold(2, cols, 1)  # (M, H-rows+1, W-cols+1, rows, cols)
-    out = views.permute(1, 2, 0, 3, 4)[top, left]
-    return out.reshape(len(top), *src.shape[1:-2], rows, cols)
+def from_rows(rows: torch.Tensor, batch: int, size: tuple[int, int], middle: tuple[int, ...], spatial: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `to_rows`: the value in its node's layout, as a view of `rows`."""
+    return rows.view(batch, *size, *middle).movedim((1, 2), spatial)
 
 
-def gather_each(src: torch.Tensor, top: torch.Tensor, left: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Window n of map n of `src` (batch N) starting at (top[n], left[n])."""
-    views = _flat(src).unfold(2, rows, 1).unfold(3, cols, 1)  # (N, M, A, B, rows, cols)
-    n = torch.arange(src.shape[0], device=src.device)
-    out = views[n, :, top, left]
-    return out.reshape(src.shape[0], *src.shape[1:-2], rows, cols)
+def middle_shape(shape: tuple[int, ...], spatial: tuple[int, int]) -> tuple[int, ...]:
+    """The axes of a node's value other than the batch and the two spatial axes."""
+    return tuple(d for axis, d in enumerate(shape) if axis != 0 and axis not in spatial)
 
 
-def paste(dst: torch.Tensor, win: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
-    """Write window n of `win` into `dst[n]` at (top[n], left[n]); every window must fit. Returns `dst`."""
-    n_pos, h, w = win.shape[0], win.shape[-2], win.shape[-1]
-    dev = win.device
-    rows = (top[:, None] + torch.arange(h, device=dev))[:, :, None]
-    cols = (left[:, None] + torch.arange(w, device=dev))[:, None, :]
-    n = torch.arange(n_pos, device=dev)[:, None, None]
-    _flat(dst)[n, :, rows, cols] = _flat(win).permute(0, 2, 3, 1)
-    return dst
+def window_index(top: torch.Tensor, left: torch.Tensor, rows: int, cols: int, map_cols: int, map_pixels: int = 0) -> torch.Tensor:
+    """Row indices of window n (rows x cols at (top[n], left[n])) in a pixel-major map.
+
+    With `map_pixels` > 0, window n is taken from map n of a batch of maps of that many pixels.
+    """
+    dev = top.device
+    start = top * map_cols + left
+    if map_pixels:
+        start = start + torch.arange(len(top), device=dev) * map_pixels
+    offsets = torch.arange(rows, device=dev)[:, None] * map_cols + torch.arange(cols, device=dev)[None, :]
+    return (start[:, None, None] + offsets[None]).reshape(-1)
 
 
-def overlay(dst: torch.Tensor, win: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
-    """Like `paste`, but windows may stick out of `dst`: only their overlap is written (new tensor)."""
-    n_pos, h, w = win.shape[0], win.shape[-2], win.shape[-1]
-    rows_out, cols_out = dst.shape[-2], dst.shape[-1]
-    dev = win.device
-    rr = torch.arange(rows_out, device=dev)[None] - top[:, None]  # row of `win` seen at each row of `dst`
-    cc = torch.arange(cols_out, device=dev)[None] - left[:, None]
+def gather(src_rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` of a pixel-major map: the windows, stacked."""
+    return src_rows.index_select(0, index)
+
+
+def paste(dst_rows: torch.Tensor, dst_size: tuple[int, int], win_rows: torch.Tensor, win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Write window n into map n of `dst_rows` at (top[n], left[n]); every window must fit. Returns `dst_rows`."""
+    index = window_index(top, left, *win_size, dst_size[1], dst_size[0] * dst_size[1])
+    return dst_rows.index_copy_(0, index, win_rows)
+
+
+def overlay(dst_rows: torch.Tensor, dst_size: tuple[int, int], win_rows: torch.Tensor, win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Like `paste`, but windows may stick out of their maps: only the overlap is written (new tensor)."""
+    (rows, cols), (h, w) = dst_size, win_size
+    dev = dst_rows.device
+    rr = torch.arange(rows, device=dev)[None] - top[:, None]  # row of the window seen at each map row
+    cc = torch.arange(cols, device=dev)[None] - left[:, None]
     inside = ((rr >= 0) & (rr < h))[:, :, None] & ((cc >= 0) & (cc < w))[:, None, :]
-    n = torch.arange(n_pos, device=dev)[:, None, None]
-    picked = _flat(win)[n, :, rr.clamp(0, h - 1)[:, :, None], cc.clamp(0, w - 1)[:, None, :]]
-    picked = picked.permute(0, 3, 1, 2).reshape(dst.shape)
-    mask = inside.reshape(n_pos, *([1] * (dst.dim() - 3)), rows_out, cols_out)
-    return torch.where(mask, picked, dst)
+    n = torch.arange(len(top), device=dev)[:, None, None]
+    index = n * (h * w) + rr.clamp(0, h - 1)[:, :, None] * w + cc.clamp(0, w - 1)[:, None, :]
+    picked = win_rows.index_select(0, index.reshape(-1))
+    return torch.where(inside.reshape(-1, 1), picked, dst_rows)
 
 
 def span_mask(lo: torch.Tensor, hi: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:
