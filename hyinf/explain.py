@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hyinf.errors import SettingsError
+from hyinf.errors import ModelError, SettingsError
 from hyinf.graph.geometry import OcclusionGrid, changed_regions
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.plan import Mode, Plan
@@ -32,7 +32,7 @@ class Explanation:
     `scores[i, j]` is the target output with the patch at grid position (i, j); `heatmap` is the drop
     `base_score - scores`; `attribution` has the input's shape and gives every pixel the mean drop of
     the windows covering it (captum.attr.Occlusion's attribution). `node_modes` records how each
-    node was evaluated ("incremental", "full" or "base" for nodes the patch never changes).
+    node was evaluated ("incremental", "full", or "unchanged" where the patch never reaches it).
     """
 
     scores: torch.Tensor
@@ -133,7 +133,10 @@ def explain(
     with torch.no_grad():
         if mode == "naive":
             model = model.to(dev).eval()
-            base_out = model(batch)
+            try:
+                base_out = model(batch)
+            except Exception as e:
+                raise ModelError(f"the model fails on a {tuple(batch.shape)} image: {str(e).splitlines()[0]}") from e
             node_modes: dict[str, str] = {}
             try:  # the engine's estimate sizes the batches when the model can be traced
                 per_position = bytes_per_position(Engine(trace_torch(model, tuple(batch.shape), dev), grid, Plan.uniform(Mode.FULL)))

@@ -120,6 +120,8 @@ class _Builder:
 
     def _output(self, n: fx.Node) -> str:
         result = n.args[0]
+        if isinstance(result, tuple | list) and len(result) == 1:  # torch.export returns a flat tuple
+            result = result[0]
         if not isinstance(result, fx.Node) or result.name not in self.nodes:
             kind = type(self.values.get(getattr(result, "name", ""), result)).__name__
             raise ModelError(f"the model's output must be one tensor of scores computed from the image, got {kind}")

@@ -31,8 +31,8 @@ from hyinf.runtime.windows import from_rows, gather, middle_shape, overlay, past
 
 
 class Repr(enum.Enum):
-    BASE = "base"
-    WIN = "window"
+    BASE = "unchanged"
+    WIN = "incremental"
     FULL = "full"
 
 

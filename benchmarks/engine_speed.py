@@ -1,0 +1,153 @@
+"""Naive re-inference vs hyinf's full, incremental and hybrid evaluation, interleaved in one run.
+
+    python benchmarks/engine_speed.py                 # vgg16 and resnet18, 224x224, patch 16, stride 8
+    python benchmarks/engine_speed.py --quick         # resnet18 and vgg11 at stride 16, a few minutes
+    python benchmarks/engine_speed.py --write docs/benchmarks.md
+
+Systems run in rotating order in every round so machine drift hits them alike; each result is
+checked against naive before its time counts. Reports medians, the min-max spread, speedups over
+naive (ratios of medians) and the FLOP bound (full-inference FLOPs / incremental FLOPs, from the IR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+
+import hyinf
+from hyinf.graph.flops import full_flops, plan_flops
+from hyinf.graph.geometry import OcclusionGrid, changed_regions
+from hyinf.graph.torch_frontend import trace_torch
+from hyinf.runtime.engine import windowable
+
+SYSTEMS = ("naive", "full", "incremental", "hybrid")
+TOLERANCE = 1e-4  # of the score scale, as in the test suite
+
+
+@dataclass
+class Row:
+    model: str
+    positions: int
+    flop_bound: float
+    times: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SYSTEMS})
+    errors: dict[str, float] = field(default_factory=dict)
+
+    def median(self, system: str) -> float:
+        return statistics.median(self.times[system])
+
+    def spread(self, system: str) -> str:
+        t = self.times[system]
+        return f"{min(t):.1f}-{max(t):.1f}"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def flop_bound(model: torch.nn.Module, size: int, patch: int, stride: int) -> float:
+    graph = trace_torch(model, (1, 3, size, size)).graph
+    regions = changed_regions(graph, OcclusionGrid.make((size, size), patch, stride))
+    return full_flops(graph) / plan_flops(graph, regions, {n.name for n in graph.nodes if windowable(n)})
+
+
+def run(models: list[str], size: int, patch: int, stride: int, repeats: int) -> list[Row]:
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, name)(weights=None).eval()
+        image = torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))
+        grid = OcclusionGrid.make((size, size), patch, stride)
+        row = Row(name, len(grid), flop_bound(model, size, patch, stride))
+        reference = None
+        for round_ in range(repeats):
+            order = SYSTEMS[round_ % len(SYSTEMS):] + SYSTEMS[: round_ % len(SYSTEMS)]
+            for system in order:
+                start = time.perf_counter()
+                result = hyinf.explain(model, image, patch=patch, stride=stride, mode=system)
+                elapsed = time.perf_counter() - start
+                if system == "naive":
+                    reference = reference if reference is not None else result.scores
+                row.times[system].append(elapsed)
+                print(f"{name} round {round_ + 1} {system}: {elapsed:.2f} s", file=sys.stderr, flush=True)
+                if reference is not None:
+                    row.errors[system] = max(row.errors.get(system, 0.0), check(reference, result.scores, f"{name} {system}"))
+        rows.append(row)
+    return rows
+
+
+def check(reference: torch.Tensor, scores: torch.Tensor, what: str) -> float:
+    scale = float(reference.abs().max().clamp(min=1e-6))
+    error = float((scores - reference).abs().max()) / scale
+    if error > TOLERANCE:
+        raise SystemExit(f"{what} differs from naive by {error:.2e} of the score scale (tolerance {TOLERANCE}): not reporting its time")
+    return error
+
+
+def table(rows: list[Row], size: int, patch: int, stride: int, repeats: int) -> str:
+    lines = [
+        f"Image {size}x{size}, patch {patch}, stride {stride}, CPU, {repeats} interleaved rounds; times in seconds "
+        "(median, min-max); speedup = naive median / system median; max error relative to the score scale.",
+        "",
+        "| model | positions | naive | full | incremental | hybrid | incremental speedup | hybrid speedup | FLOP bound | max error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [f"{r.median(s):.1f} ({r.spread(s)})" for s in SYSTEMS]
+        lines.append(
+            f"| {r.model} | {r.positions} | {' | '.join(cells)} | {r.median('naive') / r.median('incremental'):.2f}x | "
+            f"{r.median('naive') / r.median('hybrid'):.2f}x | {r.flop_bound:.2f}x | {max(r.errors.values()):.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet18"])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="resnet18 and vgg11, stride 16, 2 rounds")
+    parser.add_argument("--write", type=Path, help="replace the engine section of this markdown file with the table")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.stride, args.repeats = ["resnet18", "vgg11"], 16, 2
+    rows = run(args.models, args.size, args.patch, args.stride, args.repeats)
+    text = f"Machine: {machine()}.\n\n{table(rows, args.size, args.patch, args.stride, args.repeats)}\n"
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+
+
+BEGIN, END = "<!-- engine-speed:begin -->", "<!-- engine-speed:end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the text between the engine-speed markers (or append a marked section)."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{text}{END}"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""FLOP estimates from the IR: what full re-inference and incremental evaluation must compute."""
+
+from __future__ import annotations
+
+from hyinf.graph.geometry import Change, Region
+from hyinf.graph.ir import Graph
+
+
+def plan_flops(graph: Graph, regions: dict[str, Region], incremental: frozenset[str] | set[str]) -> float:
+    """FLOPs per occlusion position when the nodes in `incremental` compute only their windows.
+
+    A multiply-accumulate counts as 2 FLOPs; nodes the patch never reaches cost nothing, since
+    their values are the clean image's.
+    """
+    total = 0.0
+    for node in graph.nodes:
+        region = regions[node.name]
+        if region.change is Change.UNCHANGED:
+            continue
+        elements = float(node.numel)
+        if node.name in incremental and region.change is Change.LOCAL:
+            rows, cols = node.spatial_size
+            elements *= region.window_area / (rows * cols)
+        total += 2 * node.macs * elements
+    return total
+
+
+def full_flops(graph: Graph) -> float:
+    """FLOPs of one full inference."""
+    return sum(2.0 * n.macs * n.numel for n in graph.nodes)

@@ -1,0 +1,117 @@
+"""Loading models and images named on the command line. Nothing loaded here executes Python code:
+weights are safetensors or tensors read with weights_only=True, and whole models come only as
+torch.export programs or TorchScript archives, never as pickled modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file
+from torch import nn
+
+from hyinf import demo
+from hyinf.errors import InputError, ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model and how images are prepared for it: pixels in [0, 1] -> (pixels - mean) / std."""
+
+    module: nn.Module
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: tuple[str, ...] = ()
+    description: str = ""
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (pixels - mean) / std
+
+    def pixel_to_input(self, value: float) -> torch.Tensor:
+        """A patch value given in pixel space ([0, 1]) as per-channel model-input values."""
+        return (torch.full((len(self.mean),), value) - torch.tensor(self.mean)) / torch.tensor(self.std)
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"cannot read weights from {path}: {str(e).splitlines()[0]}. Give a safetensors file or a plain state dict saved with torch.save") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def _torchvision(name: str, weights: Path | None) -> LoadedModel:
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ModelError(f"torchvision has no classification model '{name}'; try one of: {', '.join(sorted(available)[:12])}, ...")
+    torch.manual_seed(0)  # no weights can be downloaded: a fixed seed makes runs repeatable
+    extra = {"aux_logits": False, "init_weights": False} if name in ("inception_v3", "googlenet") else {}
+    module = torchvision.models.get_model(name, weights=None, **extra)
+    if weights is not None:
+        try:
+            module.load_state_dict(_state_dict(weights), strict=not extra)
+        except RuntimeError as e:
+            raise ModelError(f"weights in {weights} do not fit torchvision:{name}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from e
+    size = (299, 299) if name == "inception_v3" else (224, 224)
+    source = f"weights from {weights.name}" if weights else "random weights (seed 0)"
+    return LoadedModel(module.eval(), size, IMAGENET_MEAN, IMAGENET_STD, description=f"torchvision:{name}, {source}")
+
+
+def _file(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist; give torchvision:NAME, 'demo', a .pt2 or a TorchScript file")
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(path).module()
+        except Exception as e:
+            raise ModelError(f"cannot load {path} as a torch.export program: {str(e).splitlines()[0]}") from e
+    try:
+        return torch.jit.load(path, map_location="cpu")
+    except Exception as e:
+        raise ModelError(
+            f"{path} is neither a torch.export (.pt2) nor a TorchScript file; hyinf never unpickles whole modules. "
+            "Save the model with torch.export.save or torch.jit.save, or use torchvision:NAME --weights FILE"
+        ) from e
+
+
+def load_model(spec: str, weights: Path | None = None) -> LoadedModel:
+    """'demo', 'torchvision:NAME' (optionally with a local state dict) or a .pt2 / TorchScript file."""
+    if spec == "demo":
+        if weights is not None:
+            raise ModelError("the demo model has its own weights; --weights applies to torchvision models")
+        return LoadedModel(demo.load_demo(), (demo.IMAGE_SIZE, demo.IMAGE_SIZE), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0), demo.CLASSES, "bundled demo CNN")
+    if spec.startswith("torchvision:"):
+        return _torchvision(spec.split(":", 1)[1], weights)
+    if weights is not None:
+        raise ModelError("--weights applies to torchvision:NAME models; a model file carries its own weights")
+    return LoadedModel(_file(Path(spec)), (224, 224), IMAGENET_MEAN, IMAGENET_STD, description=Path(spec).name)
+
+
+def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """An image file as (3, H, W) pixels in [0, 1], resized to `size` (height, width)."""
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    except FileNotFoundError as e:
+        raise InputError(f"image {path} does not exist") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path} is not an image Pillow can read (PNG, JPEG, ...)") from e
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
