@@ -135,15 +135,13 @@ def main() -> None:
         write_section(args.write, text)
 
 
-BEGIN, END = "<!-- engine-speed:begin -->", "<!-- engine-speed:end -->"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the engine-speed markers (or append a marked section)."""
+def write_section(path: Path, text: str, name: str = "engine-speed") -> None:
+    """Replace the text between the `name` markers of a markdown file (or append a marked section)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text}{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    block = f"{begin}\n{text}{end}"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     path.write_text(new)

@@ -7,6 +7,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ def main() -> None:
 @click.option("--output", "score", type=click.Choice(OUTPUTS), default="raw", show_default=True, help="Score raw outputs or softmax probabilities.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--image-size", nargs=2, type=int, help="Resize the image to H W (default: the model's usual size).")
+@click.option("--normalize/--no-normalize", default=True, show_default=True,
+              help="Normalise pixels as the model expects (ImageNet mean and std for torchvision models).")
 @click.option("--weights", type=click.Path(path_type=Path), help="Local state dict (.safetensors or .pt) for torchvision:NAME.")
 @click.option("--batch-size", type=int, help="Positions evaluated at once (default: from --max-memory).")
 @click.option("--max-memory", type=float, help="Memory budget for one chunk of positions, in GiB (default 2).")
@@ -68,7 +71,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @_user_errors
 def explain(model: str, image: Path | None, target: int | None, patch: str, stride: str, patch_value: float, patch_space: str,
-            mode: str, score: str, device: str, image_size: tuple[int, int] | None, weights: Path | None, batch_size: int | None,
+            mode: str, score: str, device: str, image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
             max_memory: float | None, out_dir: Path, quiet: bool) -> None:
     """Occlusion heatmap of IMAGE under MODEL.
 
@@ -82,6 +85,8 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
     from hyinf.viz import save_overlay
 
     loaded = load_model(model, weights)
+    if not normalize:
+        loaded = replace(loaded, mean=(0.0,) * len(loaded.mean), std=(1.0,) * len(loaded.std))
     if image is None:
         if model != "demo":
             raise click.UsageError("IMAGE is required unless MODEL is 'demo'")

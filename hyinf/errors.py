@@ -15,3 +15,11 @@ class ModelError(HyinfError):
 
 class InputError(HyinfError):
     """An image or other input file that cannot be read."""
+
+
+class CaptumArgumentError(SettingsError, AssertionError):
+    """A bad window, stride, target or baseline given to `hyinf.Occlusion`.
+
+    Also an AssertionError, because captum.attr.Occlusion raises AssertionError for these and code
+    written against captum may catch it.
+    """

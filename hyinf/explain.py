@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from hyinf.errors import ModelError, SettingsError
+from hyinf.errors import HyinfError, ModelError, SettingsError
 from hyinf.graph.geometry import OcclusionGrid, changed_regions
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.plan import Mode, Plan
@@ -19,7 +19,9 @@ from hyinf.planner.rule import threshold_plan
 from hyinf.runtime.budget import batch_size_for, bytes_per_position
 from hyinf.runtime.engine import Engine
 from hyinf.runtime.naive import naive_chunks
-from hyinf.runtime.occlusion import patch_fill
+from hyinf.runtime.program import TorchProgram
+from hyinf.runtime.occlusion import PatchSpans, patch_fill
+from hyinf.runtime.windows import span_mask
 
 MODES = ("hybrid", "incremental", "full", "naive")
 OUTPUTS = ("raw", "softmax")
@@ -72,10 +74,27 @@ def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
     return flat[:, target]
 
 
-def _coverage(starts: torch.Tensor, patch: int, size: int) -> torch.Tensor:
-    """(positions, size) float mask: which pixels each position's (possibly cut-off) patch covers."""
-    pixels = torch.arange(size, device=starts.device)
-    return ((pixels[None] >= starts[:, None]) & (pixels[None] < starts[:, None] + patch)).to(torch.float64)
+def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | None) -> Engine:
+    """The engine for `mode` ("hybrid", "incremental" or "full"), or for `plan` when one is given."""
+    unknown = sorted(set(plan.modes) - set(program.graph.by_name)) if plan is not None else []
+    if unknown:
+        raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
+    if plan is None:
+        plan = threshold_plan(program.graph, changed_regions(program.graph, grid)) if mode == "hybrid" else Plan.uniform(mode)
+    return Engine(program, grid, plan)
+
+
+def collect_scores(chunks: Iterator[tuple[int, torch.Tensor]], total: int, select: Callable[[torch.Tensor], torch.Tensor], bar: tqdm) -> torch.Tensor:
+    """The selected score of every position, from (first position, outputs) chunks."""
+    scores: torch.Tensor | None = None
+    for first, outputs in chunks:
+        chosen = select(outputs)
+        if scores is None:
+            scores = torch.empty(total, dtype=chosen.dtype, device=chosen.device)
+        scores[first : first + len(outputs)] = chosen
+        bar.update(len(outputs))
+    assert scores is not None
+    return scores
 
 
 def attribution_from(heatmap: torch.Tensor, grid: OcclusionGrid, shape: torch.Size) -> torch.Tensor:
@@ -83,9 +102,10 @@ def attribution_from(heatmap: torch.Tensor, grid: OcclusionGrid, shape: torch.Si
 
     Rows and columns are independent, so the sums over windows are two small matrix products.
     """
-    dev = heatmap.device
-    rows = _coverage(torch.as_tensor(grid.starts(0), device=dev), grid.patch[0], grid.image_size[0])
-    cols = _coverage(torch.as_tensor(grid.starts(1), device=dev), grid.patch[1], grid.image_size[1])
+    spans = PatchSpans(grid, heatmap.device)
+    (height, width), zeros_r, zeros_c = grid.image_size, torch.zeros_like(spans.row_lo), torch.zeros_like(spans.col_lo)
+    rows = span_mask(spans.row_lo, spans.row_hi, zeros_r, height).to(torch.float64)  # (grid rows, H): pixels each patch covers
+    cols = span_mask(spans.col_lo, spans.col_hi, zeros_c, width).to(torch.float64)
     total = rows.T @ heatmap.to(torch.float64) @ cols
     count = rows.sum(0)[:, None] * cols.sum(0)[None, :]
     mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
@@ -112,9 +132,9 @@ def explain(
     """Occlusion heatmap of `image` under `model`, equal to naive re-inference of every occluded image.
 
     `mode` picks the evaluation: "naive" re-runs the model per occluded image, "full" and
-    "incremental" evaluate every node of hyinf's graph that way, "hybrid" chooses per node (or
-    follows `plan`). `patch_value` is a scalar or one value per channel, in the model's input space.
-    `output="softmax"` scores class probabilities instead of raw outputs. Positions are evaluated
+    "incremental" evaluate every node of hyinf's graph that way, "hybrid" chooses per node; a
+    `plan` (a mode per node) overrides the choice. `patch_value` is a scalar or one value per
+    channel, in the model's input space. `output="softmax"` scores class probabilities instead of raw outputs. Positions are evaluated
     `batch_size` at a time, by default as many as fit in `max_memory` bytes.
     """
     if mode not in MODES:
@@ -140,16 +160,15 @@ def explain(
             node_modes: dict[str, str] = {}
             try:  # the engine's estimate sizes the batches when the model can be traced
                 per_position = bytes_per_position(Engine(trace_torch(model, tuple(batch.shape), dev), grid, Plan.uniform(Mode.FULL)))
-            except Exception:
+            except HyinfError:  # untraceable: assume activations of 64 images' size per position
                 per_position = 64 * batch.numel() * batch.element_size()
             size = batch_size_for(per_position, len(grid), max_memory, batch_size)
             chunks: Iterator[tuple[int, torch.Tensor]] = naive_chunks(model, batch, grid, fill, size)
         else:
             program = trace_torch(model, tuple(batch.shape), dev)
             timings["trace_s"] = time.perf_counter() - clock
-            if plan is None:
-                plan = threshold_plan(program.graph, changed_regions(program.graph, grid)) if mode == "hybrid" else Plan.uniform(mode)
-            engine = Engine(program, grid, plan)
+            engine = compile_engine(program, grid, mode, plan)
+            plan = engine.plan
             node_modes = {name: rep.value for name, rep in engine.repr.items()}
             size = batch_size_for(bytes_per_position(engine), len(grid), max_memory, batch_size)
             timings["compile_s"] = time.perf_counter() - clock - timings["trace_s"]
@@ -164,11 +183,8 @@ def explain(
             raise SettingsError(f"target {target!r} is outside the model's {classes} outputs (0 .. {classes - 1})")
         base_score = float(_scores(base_out, target, output)[0])
         start = time.perf_counter()
-        scores = torch.empty(len(grid), dtype=batch.dtype, device=dev)
         with tqdm(total=len(grid), desc=f"occlusion ({mode})", unit="pos", disable=not progress, leave=False) as bar:
-            for first, outputs in chunks:
-                scores[first : first + len(outputs)] = _scores(outputs, target, output)
-                bar.update(len(outputs))
+            scores = collect_scores(chunks, len(grid), lambda out: _scores(out, target, output), bar)
         timings["positions_s"] = time.perf_counter() - start
     timings["total_s"] = time.perf_counter() - clock
     scores = scores.reshape(grid.shape).cpu()

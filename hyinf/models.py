@@ -97,7 +97,7 @@ def load_model(spec: str, weights: Path | None = None) -> LoadedModel:
     if spec == "demo":
         if weights is not None:
             raise ModelError("the demo model has its own weights; --weights applies to torchvision models")
-        return LoadedModel(demo.load_demo(), (demo.IMAGE_SIZE, demo.IMAGE_SIZE), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0), demo.CLASSES, "bundled demo CNN")
+        return LoadedModel(demo.load_demo(), (demo.IMAGE_SIZE, demo.IMAGE_SIZE), demo.MEAN, demo.STD, demo.CLASSES, "bundled demo CNN")
     if spec.startswith("torchvision:"):
         return _torchvision(spec.split(":", 1)[1], weights)
     if weights is not None:

@@ -45,6 +45,10 @@ def load_demo() -> nn.Module:
     return model.eval()
 
 
-def input_transform(image: torch.Tensor) -> torch.Tensor:
-    """The demo model takes pixels in [0, 1] shifted to [-0.5, 0.5]."""
-    return image - 0.5
+#: The demo model takes (pixels - MEAN) / STD, pixels in [0, 1].
+MEAN = (0.5, 0.5, 0.5)
+STD = (1.0, 1.0, 1.0)
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels - torch.tensor(MEAN).view(-1, 1, 1)) / torch.tensor(STD).view(-1, 1, 1)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from hyinf.demo import SAMPLE, WEIGHTS, asset, demo_cnn, input_transform
+from hyinf.demo import SAMPLE, WEIGHTS, asset, demo_cnn, normalise
 from hyinf.demo.scenes import dataset, scene
 
 
@@ -30,14 +30,14 @@ def train(samples: int = 6000, epochs: int = 6, seed: int = 0) -> float:
             batch = images[idx]
             if random.random() < 0.5:
                 batch = batch.flip(-1)
-            loss = torch.nn.functional.cross_entropy(model(input_transform(batch)), labels[idx])
+            loss = torch.nn.functional.cross_entropy(model(normalise(batch)), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
     model.eval()
     with torch.no_grad():
-        accuracy = float((model(input_transform(test_images)).argmax(1) == test_labels).float().mean())
+        accuracy = float((model(normalise(test_images)).argmax(1) == test_labels).float().mean())
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, asset(WEIGHTS))
     img, _ = scene(2, random.Random(12345))
     img.save(asset(SAMPLE))

@@ -10,6 +10,7 @@ of the nodes that read them, so they follow the batch size at run time.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +43,11 @@ class _Recorder(fx.Interpreter):
 
 
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    # Arguments after the image keep their defaults, so `if extra is not None:` traces as the call would run.
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
     try:
-        return fx.symbolic_trace(model)
+        return fx.symbolic_trace(model, concrete_args=concrete or None)
     except Exception as e:  # fx raises many types; all mean the same thing to a user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(

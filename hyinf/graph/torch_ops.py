@@ -174,13 +174,9 @@ def _adaptive(kind: str, inp: Node, out: Node, device: torch.device) -> Spec:
 
 def _pad(inp: Node, pad: Sequence[int], mode: str, value: float | None) -> Spec:
     if mode != "constant" or len(pad) != 4 or min(pad) < 0 or not _is_nchw(inp):
-        return Spec(Op.OPAQUE, _same_spatial(inp))
+        return Spec(Op.OPAQUE, inp.spatial)
     left, right, top, bottom = pad
     return Spec(Op.PAD, (2, 3), Window((1, 1), pad_before=(top, left), pad_after=(bottom, right)), local=LocalKernel(lambda x: x, float(value or 0.0)))
-
-
-def _same_spatial(node: Node) -> tuple[int, int] | None:
-    return node.spatial
 
 
 def _spatial_of_elementwise(inputs: Sequence[Node], out: Node, constants: Sequence[torch.Tensor]) -> tuple[int, int] | None | bool:
@@ -267,9 +263,9 @@ def classify_module(module: nn.Module, inputs: Sequence[Node], out: Node, device
         return _pad(inp, module.padding, "constant", module.value)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         ok = not module.training and module.track_running_stats and module.running_mean is not None
-        return Spec(Op.POINTWISE if ok else Op.OPAQUE, _same_spatial(inp) if ok else None)
+        return Spec(Op.POINTWISE if ok else Op.OPAQUE, inp.spatial if ok else None)
     if isinstance(module, ELEMENTWISE_MODULES):
-        return Spec(Op.POINTWISE, _same_spatial(inp))
+        return Spec(Op.POINTWISE, inp.spatial)
     if isinstance(module, nn.Flatten):
         return _reshape(inp, out)
     if isinstance(module, nn.Linear):

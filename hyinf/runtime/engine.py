@@ -113,21 +113,21 @@ class Engine:
             assert w is not None
             (top, rows), (left, cols) = read_start(node, region.rows, 0), read_start(node, region.cols, 1)
             pad = (w.pad_before[1], w.pad_after[1], w.pad_before[0], w.pad_after[0])
-            return [self._read(node.inputs[0], top, left, rows, cols, pad, self.program.local[node.name].pad_value, region)]
+            return [self._read(node.inputs[0], top, left, rows, cols, pad, self.program.local[node.name].pad_value)]
         reads: list[_Read | None] = []
         for name in node.inputs:
             src = self.graph[name]
             if src.spatial is None or src.spatial_size != node.spatial_size:
                 reads.append(None)  # unchanged and broadcast over space (the geometry guarantees it)
             else:
-                reads.append(self._read(name, region.rows.offset, region.cols.offset, region.rows.size, region.cols.size, (0, 0, 0, 0), 0.0, region))
+                reads.append(self._read(name, region.rows.offset, region.cols.offset, region.rows.size, region.cols.size, (0, 0, 0, 0), 0.0))
         return reads
 
-    def _read(self, src: str, top: np.ndarray, left: np.ndarray, rows: int, cols: int, pad: tuple[int, int, int, int], value: float, region: Region) -> _Read:
+    def _read(self, src: str, top: np.ndarray, left: np.ndarray, rows: int, cols: int, pad: tuple[int, int, int, int], value: float) -> _Read:
         passthrough = fits = False
         if self.repr[src] is Repr.WIN:
             s = self.regions[src]
-            assert s.rows is not None and s.cols is not None and region.rows is not None and region.cols is not None
+            assert s.rows is not None and s.cols is not None
             passthrough = (
                 pad == (0, 0, 0, 0)
                 and (s.rows.size, s.cols.size) == (rows, cols)

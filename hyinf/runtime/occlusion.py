@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hyinf.errors import SettingsError
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.runtime.windows import span_mask
 
@@ -13,7 +14,7 @@ def patch_fill(value: float | torch.Tensor, channels: int, device: torch.device,
     """The patch's value as a (1, C, 1, 1) tensor, from a scalar or one value per channel."""
     fill = torch.as_tensor(value, dtype=dtype, device=device).flatten()
     if fill.numel() not in (1, channels):
-        raise ValueError(f"patch value must be a scalar or {channels} per-channel values, got {fill.numel()}")
+        raise SettingsError(f"patch value must be a scalar or {channels} per-channel values, got {fill.numel()}")
     return fill.expand(channels).reshape(1, channels, 1, 1)
 
 

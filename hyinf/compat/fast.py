@@ -1,0 +1,79 @@
+"""The engine path of `hyinf.Occlusion`: images occluded over spatial windows of a traceable CNN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hyinf.compat.arguments import OcclusionArgs
+from hyinf.compat.targets import select_targets
+from hyinf.explain import attribution_from, collect_scores, compile_engine
+from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.torch_frontend import trace_torch
+from hyinf.runtime.budget import batch_size_for, bytes_per_position
+from hyinf.runtime.engine import Engine
+from hyinf.runtime.occlusion import patch_fill
+
+
+def why_not_fast(forward: Any, args: OcclusionArgs) -> str | None:
+    """None when the engine can compute these attributions, else the reason it cannot."""
+    if not isinstance(forward, nn.Module):
+        return "forward_func is not a torch.nn.Module"
+    if len(args.inputs) != 1 or args.additional_args is not None:
+        return "the model takes more than one input"
+    x = args.inputs[0]
+    if x.dim() != 4 or not x.is_floating_point():
+        return "the input is not a batch of float images (B, C, H, W)"
+    if args.windows[0][0] != x.shape[1]:
+        return "the window does not span all channels"
+    if args.target is None:
+        return "no target: captum attributes every output"
+    baseline = args.baselines[0]
+    if isinstance(baseline, torch.Tensor) and baseline.numel() != 1 and tuple(baseline.shape[-2:]) != (1, 1):
+        return "the baseline varies over the image"
+    return None
+
+
+def baseline_fill(baseline: torch.Tensor | float, x: torch.Tensor, example: int) -> torch.Tensor:
+    """The patch value for one example: a scalar, or per channel (from a (C,1,1), (1,C,1,1) or (B,C,1,1) baseline)."""
+    if isinstance(baseline, torch.Tensor) and baseline.numel() > 1:
+        b = baseline.reshape(-1, x.shape[1])
+        baseline = b[example if b.shape[0] > 1 else 0]
+    return patch_fill(baseline, x.shape[1], x.device, x.dtype)
+
+
+class EngineCache:
+    """Compiled engines, kept while the model's parameters are not modified in place."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._engine: Engine | None = None
+
+    def get(self, model: nn.Module, shape: tuple[int, ...], grid: OcclusionGrid, device: torch.device) -> Engine:
+        versions = tuple(t._version for t in (*model.parameters(), *model.buffers()))
+        key = (shape, grid, device, versions, model.training)
+        if key != self._key or self._engine is None:
+            self._engine = compile_engine(trace_torch(model, shape, device), grid, "hybrid", None)
+            self._key = key
+        return self._engine
+
+
+def fast_attribute(model: nn.Module, args: OcclusionArgs, initial: torch.Tensor, cache: EngineCache, max_memory: int | None, bar: tqdm) -> torch.Tensor:
+    """Attributions of a batch of images, each example through hyinf's engine."""
+    x = args.inputs[0]
+    grid = OcclusionGrid.make(tuple(x.shape[-2:]), args.windows[0][1:], args.strides[0][1:])  # type: ignore[arg-type]
+    engine = cache.get(model, (1, *x.shape[1:]), grid, x.device)
+    size = batch_size_for(bytes_per_position(engine), len(grid), max_memory, None)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for b in range(x.shape[0]):
+        target = args.target[b] if isinstance(args.target, list) else args.target
+        if isinstance(target, torch.Tensor) and target.numel() > 1:
+            target = target[b]
+        run = engine.prepare(x[b : b + 1], baseline_fill(args.baselines[0], x, b))
+        scores = collect_scores(run.chunks(size), len(grid), lambda o, t=target: select_targets(o, t), bar)
+        drop = initial[b] - scores.reshape(grid.shape)
+        out[b] = attribution_from(drop.float(), grid, x.shape[1:])
+    return out
