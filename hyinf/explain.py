@@ -12,12 +12,12 @@ from torch import nn
 from tqdm import tqdm
 
 from hyinf.errors import HyinfError, ModelError, SettingsError
-from hyinf.graph.geometry import OcclusionGrid, changed_regions
+from hyinf.graph.geometry import OcclusionGrid, changed_regions, position_blocks
 from hyinf.graph.torch_frontend import trace_torch
-from hyinf.planner.plan import Mode, Plan
+from hyinf.planner.plan import Plan
 from hyinf.planner.rule import threshold_plan
 from hyinf.runtime.budget import batch_size_for, bytes_per_position
-from hyinf.runtime.engine import Engine
+from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
@@ -74,24 +74,26 @@ def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
     return flat[:, target]
 
 
-def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | None) -> Engine:
+def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | None) -> BlockedEngine:
     """The engine for `mode` ("hybrid", "incremental" or "full"), or for `plan` when one is given."""
     unknown = sorted(set(plan.modes) - set(program.graph.by_name)) if plan is not None else []
     if unknown:
         raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
-    if plan is None:
-        plan = threshold_plan(program.graph, changed_regions(program.graph, grid)) if mode == "hybrid" else Plan.uniform(mode)
-    return Engine(program, grid, plan)
+    blocks = position_blocks(program.graph, grid)
+    if plan is not None or mode != "hybrid":
+        fixed = plan or Plan.uniform(mode)
+        return BlockedEngine(program, grid, [(block, fixed) for block in blocks])
+    return BlockedEngine(program, grid, [(block, threshold_plan(program.graph, changed_regions(program.graph, block))) for block in blocks])
 
 
-def collect_scores(chunks: Iterator[tuple[int, torch.Tensor]], total: int, select: Callable[[torch.Tensor], torch.Tensor], bar: tqdm) -> torch.Tensor:
-    """The selected score of every position, from (first position, outputs) chunks."""
+def collect_scores(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], total: int, select: Callable[[torch.Tensor], torch.Tensor], bar: tqdm) -> torch.Tensor:
+    """The selected score of every position, from (positions, outputs) chunks."""
     scores: torch.Tensor | None = None
-    for first, outputs in chunks:
+    for positions, outputs in chunks:
         chosen = select(outputs)
         if scores is None:
             scores = torch.empty(total, dtype=chosen.dtype, device=chosen.device)
-        scores[first : first + len(outputs)] = chosen
+        scores[positions] = chosen
         bar.update(len(outputs))
     assert scores is not None
     return scores
@@ -159,22 +161,22 @@ def explain(
                 raise ModelError(f"the model fails on a {tuple(batch.shape)} image: {str(e).splitlines()[0]}") from e
             node_modes: dict[str, str] = {}
             try:  # the engine's estimate sizes the batches when the model can be traced
-                per_position = bytes_per_position(Engine(trace_torch(model, tuple(batch.shape), dev), grid, Plan.uniform(Mode.FULL)))
+                per_position = bytes_per_position(compile_engine(trace_torch(model, tuple(batch.shape), dev), grid, "full", None))
             except HyinfError:  # untraceable: assume activations of 64 images' size per position
                 per_position = 64 * batch.numel() * batch.element_size()
             size = batch_size_for(per_position, len(grid), max_memory, batch_size)
-            chunks: Iterator[tuple[int, torch.Tensor]] = naive_chunks(model, batch, grid, fill, size)
+            chunks: Iterator[tuple[torch.Tensor, torch.Tensor]] = naive_chunks(model, batch, grid, fill, size)
         else:
             program = trace_torch(model, tuple(batch.shape), dev)
             timings["trace_s"] = time.perf_counter() - clock
             engine = compile_engine(program, grid, mode, plan)
-            plan = engine.plan
-            node_modes = {name: rep.value for name, rep in engine.repr.items()}
+            strategy = engine.strategy
+            node_modes = engine.node_modes
             size = batch_size_for(bytes_per_position(engine), len(grid), max_memory, batch_size)
             timings["compile_s"] = time.perf_counter() - clock - timings["trace_s"]
-            run = engine.prepare(batch, fill)
-            base_out = run.base_output
-            chunks = run.chunks(size)
+            clean = CleanImage(program, batch)
+            base_out = clean.output
+            chunks = engine.chunks(clean, fill, size)
 
         classes = math.prod(base_out.shape[1:])
         if target is None:
@@ -196,7 +198,7 @@ def explain(
         target=target,
         base_score=base_score,
         grid=grid,
-        mode=mode if plan is None else f"{mode} ({plan.strategy})",
+        mode=mode if mode == "naive" else f"{mode} ({strategy})",
         batch_size=size,
         timings=timings,
         node_modes=node_modes,

@@ -104,7 +104,7 @@ def test_integer_and_zero_d_and_one_d_features() -> None:
     mine, theirs, _ = both(lambda x: (x * torch.arange(4)).sum(1), ints, sliding_window_shapes=(2,), baselines=1)
     assert_same(mine, theirs)
     scalars = torch.tensor([0.5, -2.0, 3.0])
-    mine, theirs, _ = both(lambda x: torch.sigmoid(x * 3), scalars, sliding_window_shapes=())
+    mine, theirs, _ = both(lambda x: torch.sigmoid(x * 3), scalars, sliding_window_shapes=((),))
     assert_same(mine, theirs)
     mine, theirs, _ = both(BasicModel(), torch.tensor([[0.2, 1.5, -0.3]]), sliding_window_shapes=(1,))
     assert_same(mine, theirs)
@@ -112,7 +112,7 @@ def test_integer_and_zero_d_and_one_d_features() -> None:
 
 def test_scalar_output_forward() -> None:
     x = torch.rand(3, 4)
-    mine, theirs, run = both(lambda x: x.pow(2).sum(), x, sliding_window_shapes=(2,), perturbations_per_eval=3)
+    mine, theirs, run = both(lambda x: x.pow(2).sum(), x, sliding_window_shapes=(2,))
     assert run.path == "re-inference"
     assert_same(mine, theirs)
 

@@ -9,7 +9,7 @@ from conftest import assert_close_to, random_plan
 from random_cnn import random_cnns
 
 import hyinf
-from hyinf.graph.geometry import Change, OcclusionGrid, changed_regions
+from hyinf.graph.geometry import Change, OcclusionGrid, changed_regions, position_blocks
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
 
@@ -69,3 +69,20 @@ def test_changed_region_contains_every_change(case) -> None:
             assert all(lo <= r < hi for r in changed_rows.tolist()), f"{node.name} row outside [{lo}, {hi})"
             lo, hi = region.cols.lo[j[n]], region.cols.hi[j[n]]
             assert all(lo <= c < hi for c in changed_cols.tolist()), f"{node.name} column outside [{lo}, {hi})"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(random_cnns())
+def test_position_blocks_partition_the_grid(case) -> None:
+    """Blocks cover every grid position exactly once, and their windows are never larger than the grid-wide ones."""
+    model, image, patch, stride = case
+    graph = trace_torch(model, (1, *image.shape)).graph
+    grid = OcclusionGrid.make(tuple(image.shape[-2:]), patch, stride)
+    blocks = position_blocks(graph, grid)
+    covered = sorted(p for block in blocks for p in block.positions().tolist())
+    assert covered == list(range(len(grid)))
+    whole = changed_regions(graph, grid)
+    for block in blocks:
+        for name, region in changed_regions(graph, block).items():
+            if region.change is Change.LOCAL and whole[name].change is Change.LOCAL:
+                assert region.window_area <= whole[name].window_area

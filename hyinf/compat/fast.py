@@ -14,7 +14,7 @@ from hyinf.explain import attribution_from, collect_scores, compile_engine
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.runtime.budget import batch_size_for, bytes_per_position
-from hyinf.runtime.engine import Engine
+from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.occlusion import patch_fill
 
 
@@ -38,10 +38,11 @@ def why_not_fast(forward: Any, args: OcclusionArgs) -> str | None:
 
 
 def baseline_fill(baseline: torch.Tensor | float, x: torch.Tensor, example: int) -> torch.Tensor:
-    """The patch value for one example: a scalar, or per channel (from a (C,1,1), (1,C,1,1) or (B,C,1,1) baseline)."""
+    """The patch value for one example from a scalar or a baseline that is constant over the image:
+    shaped (C,1,1), (1,1,1,1), (1,C,1,1), (B,1,1,1) or (B,C,1,1)."""
     if isinstance(baseline, torch.Tensor) and baseline.numel() > 1:
-        b = baseline.reshape(-1, x.shape[1])
-        baseline = b[example if b.shape[0] > 1 else 0]
+        full = baseline.reshape((1,) * (4 - baseline.dim()) + tuple(baseline.shape))
+        baseline = full[example if full.shape[0] > 1 else 0].reshape(-1)
     return patch_fill(baseline, x.shape[1], x.device, x.dtype)
 
 
@@ -50,9 +51,9 @@ class EngineCache:
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
-        self._engine: Engine | None = None
+        self._engine: BlockedEngine | None = None
 
-    def get(self, model: nn.Module, shape: tuple[int, ...], grid: OcclusionGrid, device: torch.device) -> Engine:
+    def get(self, model: nn.Module, shape: tuple[int, ...], grid: OcclusionGrid, device: torch.device) -> BlockedEngine:
         versions = tuple(t._version for t in (*model.parameters(), *model.buffers()))
         key = (shape, grid, device, versions, model.training)
         if key != self._key or self._engine is None:
@@ -72,8 +73,8 @@ def fast_attribute(model: nn.Module, args: OcclusionArgs, initial: torch.Tensor,
         target = args.target[b] if isinstance(args.target, list) else args.target
         if isinstance(target, torch.Tensor) and target.numel() > 1:
             target = target[b]
-        run = engine.prepare(x[b : b + 1], baseline_fill(args.baselines[0], x, b))
-        scores = collect_scores(run.chunks(size), len(grid), lambda o, t=target: select_targets(o, t), bar)
+        chunks = engine.chunks(CleanImage(engine.program, x[b : b + 1]), baseline_fill(args.baselines[0], x, b), size)
+        scores = collect_scores(chunks, len(grid), lambda o, t=target: select_targets(o, t), bar)
         drop = initial[b] - scores.reshape(grid.shape)
         out[b] = attribution_from(drop.float(), grid, x.shape[1:])
     return out

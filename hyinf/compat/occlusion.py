@@ -46,7 +46,7 @@ class Occlusion:
 
     @property
     def multiplies_by_inputs(self) -> bool:
-        return False
+        return True  # as captum's perturbation methods report
 
     def has_convergence_delta(self) -> bool:
         return False

@@ -27,15 +27,18 @@ def _pair(value: int | tuple[int, int] | list[int], what: str) -> tuple[int, int
 
 @dataclass(frozen=True)
 class OcclusionGrid:
-    """Where the patch goes: captum.attr.Occlusion's positions for one image.
+    """Where the patch goes: captum.attr.Occlusion's positions for one image, or a block of them.
 
     Along each axis the patch starts at 0, s, 2s, ... for ceil((size - p) / s) + 1 positions, so the
-    last patch may be cut off by the border, exactly as captum does.
+    last patch may be cut off by the border, exactly as captum does. A block (`rows`, `cols` set)
+    keeps only those grid rows and columns; its positions are numbered within the block.
     """
 
     image_size: tuple[int, int]
     patch: tuple[int, int]
     stride: tuple[int, int]
+    rows: tuple[int, ...] | None = None
+    cols: tuple[int, ...] | None = None
 
     @classmethod
     def make(cls, image_size: tuple[int, int], patch: int | tuple[int, int], stride: int | tuple[int, int]) -> OcclusionGrid:
@@ -49,9 +52,16 @@ class OcclusionGrid:
                 )
         return cls(tuple(image_size), patch, stride)  # type: ignore[arg-type]
 
-    def starts(self, axis: int) -> np.ndarray:
+    def all_starts(self, axis: int) -> np.ndarray:
+        """Patch starts along `axis` of the whole grid."""
         size, p, s = self.image_size[axis], self.patch[axis], self.stride[axis]
         return np.arange(math.ceil((size - p) / s) + 1, dtype=np.int64) * s
+
+    def starts(self, axis: int) -> np.ndarray:
+        """Patch starts along `axis` of this grid or block."""
+        chosen = self.rows if axis == 0 else self.cols
+        every = self.all_starts(axis)
+        return every if chosen is None else every[list(chosen)]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -60,6 +70,16 @@ class OcclusionGrid:
     def __len__(self) -> int:
         rows, cols = self.shape
         return rows * cols
+
+    def block(self, rows: list[int], cols: list[int]) -> OcclusionGrid:
+        return OcclusionGrid(self.image_size, self.patch, self.stride, tuple(rows), tuple(cols))
+
+    def positions(self) -> np.ndarray:
+        """Row-major numbers, in the whole grid, of this block's positions."""
+        whole_cols = len(self.all_starts(1))
+        rows = np.asarray(self.rows if self.rows is not None else range(len(self.all_starts(0))))
+        cols = np.asarray(self.cols if self.cols is not None else range(whole_cols))
+        return (rows[:, None] * whole_cols + cols[None, :]).reshape(-1)
 
 
 class Change(enum.StrEnum):
@@ -178,3 +198,56 @@ def read_start(node: Node, out: AxisSpan, axis: int) -> tuple[np.ndarray, int]:
     assert w is not None
     s = w.stride[axis]
     return out.offset * s, (out.size - 1) * s + w.extent(axis)
+
+
+MIN_BLOCK_SAVING = 0.95  # split further only when the estimated work drops by at least 5%
+
+
+def _axis_groups(graph: Graph, regions: dict[str, Region], axis: int, groups: int) -> list[list[int]]:
+    """Split the grid rows (axis 0) or columns into at most `groups` sets whose members have similar
+    changed extents, minimising the window area the sets' largest extents make every node compute."""
+    local = [n for n in graph.nodes if regions[n.name].change is Change.LOCAL]  # the input always is
+    spans = [regions[n.name].rows if axis == 0 else regions[n.name].cols for n in local]
+    weight = np.array([2.0 * n.macs * n.numel / (n.spatial_size[0] * n.spatial_size[1]) for n in local])
+    extent = np.stack([s.hi - s.lo for s in spans], axis=1).clip(min=0)  # (positions, nodes)
+    order = np.argsort((extent * weight).sum(1), kind="stable")
+    count = len(order)
+
+    def cost(a: int, b: int) -> float:  # positions order[a:b] computed at their largest extents
+        return float((b - a) * (extent[order[a:b]].max(0) * weight).sum())
+
+    # best[k][j]: cheapest split of the first j sorted positions into k sets
+    best = [[0.0] + [math.inf] * count]
+    cut: list[list[int]] = [[0] * (count + 1)]
+    for k in range(1, groups + 1):
+        row, back = [math.inf] * (count + 1), [0] * (count + 1)
+        for j in range(1, count + 1):
+            for i in range(k - 1, j):
+                c = best[k - 1][i] + cost(i, j)
+                if c < row[j]:
+                    row[j], back[j] = c, i
+        best.append(row)
+        cut.append(back)
+    # Each extra block costs fixed per-chunk overhead and smaller batches: take one only for a real saving.
+    k = 1
+    while k < groups and best[k + 1][count] < MIN_BLOCK_SAVING * best[k][count]:
+        k += 1
+    bounds, j = [], count
+    while k > 0:
+        i = cut[k][j]
+        bounds.append((i, j))
+        j, k = i, k - 1
+    return [sorted(order[i:j].tolist()) for i, j in reversed(bounds)]
+
+
+def position_blocks(graph: Graph, grid: OcclusionGrid, groups_per_axis: int = 3) -> list[OcclusionGrid]:
+    """The grid cut into blocks of positions with similar changed regions.
+
+    One window size serves every position of a block, so grouping positions whose regions are alike
+    (border positions have smaller ones; so do positions aligned with the pooling grid) saves the
+    computation a single grid-wide window would waste on them.
+    """
+    regions = changed_regions(graph, grid)
+    rows = _axis_groups(graph, regions, 0, groups_per_axis)
+    cols = _axis_groups(graph, regions, 1, groups_per_axis)
+    return [grid.block(r, c) for r in rows for c in cols]

@@ -160,8 +160,8 @@ def _adaptive(kind: str, inp: Node, out: Node, device: torch.device) -> Spec:
     if not _is_nchw(inp):
         return Spec(Op.OPAQUE, None)
     (rows, cols), (orows, ocols) = inp.spatial_size, out.spatial_size
-    if (orows, ocols) == (rows, cols):
-        return Spec(Op.POINTWISE, (2, 3))
+    if (orows, ocols) == (rows, cols):  # one element per bin: exactly the identity, on windows too
+        return Spec(Op.POINTWISE, (2, 3), full=lambda x: x)
     if kind == "avg" and (orows, ocols) == (1, 1):
         return Spec(Op.GLOBAL_AVG_POOL, (2, 3))
     if rows % orows == 0 and cols % ocols == 0:  # equal bins: an ordinary pooling with kernel = stride

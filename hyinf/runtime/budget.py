@@ -6,14 +6,18 @@ import math
 
 from hyinf.errors import SettingsError
 from hyinf.graph.ir import LOCAL_OPS
-from hyinf.runtime.engine import Engine, Repr
+from hyinf.runtime.engine import BlockedEngine, Engine, Repr
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3  # bytes; leaves most of a 24 GiB machine free
 MAX_BATCH = 64  # larger chunks stop paying off on CPUs (caches) and only raise peak memory
 
 
-def bytes_per_position(engine: Engine, element_size: int = 4) -> int:
+def bytes_per_position(blocked: BlockedEngine, element_size: int = 4) -> int:
     """An upper bound on the activation memory one position needs (all values alive at once)."""
+    return max(_engine_bytes(engine, element_size) for engine in blocked.engines)
+
+
+def _engine_bytes(engine: Engine, element_size: int) -> int:
     total = 0
     for node in engine.graph.nodes:
         rep = engine.repr[node.name]

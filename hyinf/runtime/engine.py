@@ -138,40 +138,51 @@ class Engine:
             fits = bool((rel_top >= 0).all() and (rel_top + s.rows.size <= rows).all() and (rel_left >= 0).all() and (rel_left + s.cols.size <= cols).all())
         return _Read(src, self._t(top), self._t(left), rows, cols, pad, value, passthrough, fits)
 
-    # ---- per image -------------------------------------------------------------------------
+    def prepare(self, clean: CleanImage, fill: torch.Tensor) -> ImageRun:
+        return ImageRun(self, clean, fill)
 
-    def base(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every node's value on the clean image (batch 1)."""
-        values: dict[str, torch.Tensor] = {}
-        for node in self.graph.nodes:
-            args = [values[i] for i in node.inputs] if node.inputs else [image]
-            values[node.name] = self.program.full[node.name](*args)
-        return values
 
-    def prepare(self, image: torch.Tensor, fill: torch.Tensor) -> ImageRun:
-        """Start on one image: computes its base activations."""
-        return ImageRun(self, image, fill)
+class CleanImage:
+    """One image's activations (batch 1), shared by every block of positions, and padded copies of them."""
+
+    def __init__(self, program: TorchProgram, image: torch.Tensor) -> None:
+        self.program, self.image = program, image
+        self.base: dict[str, torch.Tensor] = {}
+        for node in program.graph.nodes:
+            args = [self.base[i] for i in node.inputs] if node.inputs else [image]
+            self.base[node.name] = program.full[node.name](*args)
+        self._rows: dict[tuple[str, tuple[int, int, int, int], float], torch.Tensor] = {}
+
+    @property
+    def output(self) -> torch.Tensor:
+        return self.base[self.program.graph.output]
+
+    def rows(self, name: str, pad: tuple[int, int, int, int] = (0, 0, 0, 0), value: float = 0.0) -> torch.Tensor:
+        """The clean value of `name`, padded, in pixel-major rows (computed once per image)."""
+        key = (name, pad, value)
+        if key not in self._rows:
+            spatial = self.program.graph[name].spatial
+            assert spatial is not None
+            padded = F.pad(_to_last(self.base[name], spatial), pad, value=value)
+            self._rows[key] = to_rows(padded, (padded.dim() - 2, padded.dim() - 1)).contiguous()
+        return self._rows[key]
 
 
 class ImageRun:
-    """State for one image: base activations and padded copies of them."""
+    """One image through one engine: evaluates chunks of the engine's positions."""
 
-    def __init__(self, engine: Engine, image: torch.Tensor, fill: torch.Tensor) -> None:
+    def __init__(self, engine: Engine, clean: CleanImage, fill: torch.Tensor) -> None:
         self.e = engine
-        self.image, self.fill = image, fill
-        self.base = engine.base(image)
-        self._padded: dict[tuple[str, tuple[int, int, int, int], float], torch.Tensor] = {}
+        self.clean, self.image, self.base, self.fill = clean, clean.image, clean.base, fill
+        self.positions = torch.as_tensor(engine.grid.positions(), device=engine.device)
         self.kernels: dict[Repr, Callable[[Node], torch.Tensor]] = {Repr.WIN: self._window_node, Repr.FULL: self._full_node}
 
-    def chunks(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield (first position, model outputs (N, ...)) for consecutive chunks of grid positions."""
+    def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (positions in the whole grid, model outputs (N, ...)) for chunks of this engine's positions."""
         total = len(self.e.grid)
         for start in range(0, total, batch_size):
-            yield start, self.chunk(torch.arange(start, min(start + batch_size, total), device=self.e.device))
-
-    @property
-    def base_output(self) -> torch.Tensor:
-        return self.base[self.e.graph.output]
+            idx = torch.arange(start, min(start + batch_size, total), device=self.e.device)
+            yield self.positions[idx], self.chunk(idx)
 
     def chunk(self, idx: torch.Tensor) -> torch.Tensor:
         e = self.e
@@ -211,18 +222,9 @@ class ImageRun:
         spatial, middle = self._layout(name)
         size = self.e.graph[name].spatial_size
         top, left = self.e.offsets[name]
-        dst = self._base_rows(name, (0, 0, 0, 0), 0.0).repeat(self.n, 1)
+        dst = self.clean.rows(name).repeat(self.n, 1)
         paste(dst, size, to_rows(self.env[name], spatial), self._window_size(name), top[self.i], left[self.j])
         return from_rows(dst, self.n, size, middle, spatial)
-
-    def _base_rows(self, name: str, pad: tuple[int, int, int, int], value: float) -> torch.Tensor:
-        """The clean image's value of `name`, padded, in pixel-major rows (cached per image)."""
-        key = (name, pad, value)
-        if key not in self._padded:
-            spatial, _ = self._layout(name)
-            padded = F.pad(_to_last(self.base[name], spatial), pad, value=value)
-            self._padded[key] = to_rows(padded, (padded.dim() - 2, padded.dim() - 1)).contiguous()
-        return self._padded[key]
 
     def window_value(self, read: _Read) -> torch.Tensor:
         """Each position's read window of an input, in the input's own layout."""
@@ -238,7 +240,7 @@ class ImageRun:
             src = to_rows(padded, (padded.dim() - 2, padded.dim() - 1))
             out = gather(src, window_index(top, left, read.rows, read.cols, pcols, prows * pcols))
         else:
-            src = self._base_rows(read.src, read.pad, read.pad_value)
+            src = self.clean.rows(read.src, read.pad, read.pad_value)
             out = gather(src, window_index(top, left, read.rows, read.cols, pcols))
         if rep is Repr.WIN:
             stop, sleft = self.e.offsets[read.src]
@@ -265,7 +267,7 @@ class ImageRun:
         top, left = top[self.i], left[self.j]
         if node.op is Op.INPUT:
             cols = node.spatial_size[1]
-            win = gather(self._base_rows(node.name, (0, 0, 0, 0), 0.0), window_index(top, left, *size, cols))
+            win = gather(self.clean.rows(node.name), window_index(top, left, *size, cols))
             mask = e.spans.mask(self.i, self.j, top, left, *size).reshape(-1, 1)
             win = torch.where(mask, self.fill.reshape(1, -1), win)
             return from_rows(win, self.n, size, (node.shape[1],), (2, 3))
@@ -288,7 +290,34 @@ class ImageRun:
         rows, cols = self.e.graph[src].spatial_size
         size = self._window_size(src)
         top, left = self.e.offsets[src]
-        old = gather(self._base_rows(src, (0, 0, 0, 0), 0.0), window_index(top[self.i], left[self.j], *size, cols))
+        old = gather(self.clean.rows(src), window_index(top[self.i], left[self.j], *size, cols))
         new = to_rows(self.env[src], spatial)
         delta = (new - old).view(self.n, size[0] * size[1], -1).sum(1) / (rows * cols)
         return self.base[node.name] + delta.reshape(self.n, *node.shape[1:])
+
+
+class BlockedEngine:
+    """The whole grid as blocks of positions with similar changed regions, each with its own engine
+    (and plan: a node may be worth evaluating incrementally in one block and fully in another)."""
+
+    def __init__(self, program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]]) -> None:
+        self.program, self.grid = program, grid
+        self.engines = [Engine(program, block, plan) for block, plan in blocks]
+
+    @property
+    def strategy(self) -> str:
+        return self.engines[0].plan.strategy
+
+    @property
+    def node_modes(self) -> dict[str, str]:
+        """How each node is evaluated at most of the grid's positions."""
+        votes: dict[str, dict[str, int]] = {n.name: {} for n in self.program.graph.nodes}
+        for engine in self.engines:
+            for name, rep in engine.repr.items():
+                votes[name][rep.value] = votes[name].get(rep.value, 0) + len(engine.grid)
+        return {name: max(v, key=v.__getitem__) for name, v in votes.items()}
+
+    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (positions in the grid, model outputs) for every position, block by block."""
+        for engine in self.engines:
+            yield from engine.prepare(clean, fill).chunks(batch_size)
