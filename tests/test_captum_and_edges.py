@@ -96,3 +96,38 @@ def test_chunking_does_not_change_the_answer() -> None:
     limited = hyinf.explain(model, image, patch=5, stride=2, mode="incremental", max_memory=200_000)
     assert limited.batch_size < 64
     assert_close_to(one.scores, limited.scores, "memory-limited chunks")
+
+
+class AliasedInplace(nn.Module):
+    """Ops hyinf may run in place, whose input is still needed: an identity (dropout in eval) shares its
+    input's memory, so running the ReLU in place would change y."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.relu = nn.ReLU(inplace=inplace)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        z = self.relu(self.drop(y))
+        w = y - z
+        w += 1.0  # in place on a value read nowhere else
+        return self.head(torch.relu_(w).mean((2, 3)))
+
+
+def test_inplace_kernels_never_overwrite_live_values() -> None:
+    seeded(10)
+    image = torch.randn(3, 18, 18, generator=torch.Generator().manual_seed(10))
+    assert_matches_naive(AliasedInplace(), image, patch=4, stride=3, plans=3)
+
+
+def test_a_model_that_reads_what_it_overwrote_is_refused() -> None:
+    """With inplace=True the model itself overwrites y before reading it again; hyinf's graph could not
+    reproduce that, so it says so instead of returning different numbers."""
+    from hyinf.errors import ModelError
+
+    seeded(10)
+    with pytest.raises(ModelError, match="overwrites"):
+        hyinf.explain(AliasedInplace(inplace=True), torch.randn(3, 18, 18), patch=4, stride=3)

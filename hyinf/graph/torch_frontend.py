@@ -9,6 +9,7 @@ of the nodes that read them, so they follow the batch size at run time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from collections.abc import Callable
@@ -61,6 +62,7 @@ def trace_torch(model: nn.Module, input_shape: tuple[int, ...], device: str | to
     device = torch.device(device)
     if isinstance(model, torch.jit.ScriptModule):
         return _opaque_program(model, input_shape, device)
+    original = model
     model = copy.deepcopy(model).eval().to(device)
     for m in model.modules():  # in-place activations would overwrite stored activations
         if isinstance(getattr(m, "inplace", None), bool):
@@ -70,7 +72,32 @@ def trace_torch(model: nn.Module, input_shape: tuple[int, ...], device: str | to
     recorder = _Recorder(gm)
     with torch.no_grad():
         recorder.run(example)
-    return _Builder(gm, recorder.values, device).build()
+        program = _Builder(gm, recorder.values, device).build()
+        _check_functional(original, program, example)
+    return program
+
+
+def _check_functional(original: nn.Module, program: TorchProgram, example: torch.Tensor) -> None:
+    """The graph runs every op out of place; a model that reads a value after overwriting it in place
+    computes something else, which hyinf must refuse rather than answer differently."""
+    where = next(iter(original.parameters()), example).device
+    training = original.training
+    with contextlib.suppress(NotImplementedError):  # torch.export modules are already in eval form
+        original.eval()
+    try:
+        expected = original(example.clone().to(where))
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            original.train(training)
+    values: dict[str, torch.Tensor] = {}
+    for node in program.graph.nodes:
+        values[node.name] = program.full[node.name](*([values[i] for i in node.inputs] or [example]))
+    got = values[program.graph.output]
+    if isinstance(expected, torch.Tensor) and expected.shape == got.shape and not torch.allclose(expected.to(got.device), got, rtol=1e-4, atol=1e-5):
+        raise ModelError(
+            "the model overwrites a value in place and reads it again afterwards, so its graph cannot be "
+            "evaluated piecewise; set inplace=False on that layer or use mode='naive'"
+        )
 
 
 def _opaque_program(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> TorchProgram:
@@ -84,7 +111,7 @@ def _opaque_program(model: nn.Module, input_shape: tuple[int, ...], device: torc
         Node(INPUT_NAME, Op.INPUT, (), tuple(input_shape), (2, 3), label="image"),
         Node("model", Op.OPAQUE, (INPUT_NAME,), tuple(out.shape), label=type(model).__name__),
     )
-    return TorchProgram(Graph(nodes, INPUT_NAME, "model"), {INPUT_NAME: lambda x: x, "model": model}, {}, device)
+    return TorchProgram(Graph(nodes, INPUT_NAME, "model"), {INPUT_NAME: lambda x: x, "model": model}, {}, device, {})
 
 
 class _Builder:
@@ -94,6 +121,7 @@ class _Builder:
         self.nodes: dict[str, Node] = {}
         self.full: dict[str, Callable[..., torch.Tensor]] = {}
         self.local: dict[str, LocalKernel] = {}
+        self.inplace: dict[str, Callable[..., torch.Tensor]] = {}
         self.input = ""
 
     def build(self) -> TorchProgram:
@@ -109,7 +137,7 @@ class _Builder:
                     self._node(n)
         assert output is not None
         graph = Graph(tuple(self.nodes.values()), self.input, output)
-        return TorchProgram(graph, self.full, self.local, self.device)
+        return TorchProgram(graph, self.full, self.local, self.device, self.inplace)
 
     def _placeholder(self, n: fx.Node) -> None:
         if self.nodes:
@@ -133,7 +161,7 @@ class _Builder:
 
     def _node(self, n: fx.Node) -> None:
         value: torch.Tensor = self.values[n.name]
-        leaves, fn = self._expression(n)
+        leaves, fn, inplace = self._expression(n)
         inputs = [self.nodes[leaf] for leaf in leaves]
         shape = tuple(value.shape)
         proto = Node(n.name, Op.OPAQUE, tuple(i.name for i in inputs), shape, (2, 3) if len(shape) == 4 else None)
@@ -146,6 +174,8 @@ class _Builder:
         node_inputs = proto.inputs[:1] if spec.op is Op.RESHAPE else proto.inputs
         self.nodes[n.name] = Node(n.name, spec.op, node_inputs, shape, spatial, spec.window, spec.macs, label)
         self.full[n.name] = spec.full or fn
+        if inplace is not None and spec.full is None:
+            self.inplace[n.name] = inplace
         if spec.local is not None:
             self.local[n.name] = spec.local
 
@@ -174,8 +204,9 @@ class _Builder:
         first_is_data = isinstance(first, fx.Node) and first.name in self.nodes
         return classify_call(name, args, kwargs, inputs, proto, self.device, first_is_data=first_is_data, constants=constants, index=index), label
 
-    def _expression(self, root: fx.Node) -> tuple[list[str], Callable[..., torch.Tensor]]:
-        """The IR inputs of `root` and a kernel computing it from them, inlining non-tensor steps."""
+    def _expression(self, root: fx.Node) -> tuple[list[str], Callable[..., torch.Tensor], Callable[..., torch.Tensor] | None]:
+        """The IR inputs of `root`, a kernel computing it from them (inlining non-tensor steps), and,
+        where the call has an in-place form, a kernel that may overwrite its first input instead."""
         leaves: list[str] = []
 
         def visit(a: fx.Node) -> None:
@@ -189,26 +220,41 @@ class _Builder:
         for a in root.all_input_nodes:
             visit(a)
 
-        def kernel(*vals: torch.Tensor) -> torch.Tensor:
-            env: dict[str, Any] = dict(zip(leaves, vals))
+        def make(inplace: bool) -> Callable[..., torch.Tensor]:
+            def kernel(*vals: torch.Tensor) -> torch.Tensor:
+                env: dict[str, Any] = dict(zip(leaves, vals))
 
-            def evaluate(node: fx.Node) -> Any:
-                if node.name not in env:
-                    env[node.name] = self._call(node, evaluate) if node.name in self.dependent else self.values[node.name]
-                return env[node.name]
+                def evaluate(node: fx.Node) -> Any:
+                    if node.name not in env:
+                        env[node.name] = self._call(node, evaluate) if node.name in self.dependent else self.values[node.name]
+                    return env[node.name]
 
-            return self._call(root, evaluate)
+                return self._call(root, evaluate, inplace)
 
-        return leaves, kernel
+            return kernel
 
-    def _call(self, n: fx.Node, evaluate: Callable[[fx.Node], Any]) -> Any:
+        first = root.args[0] if root.args else None
+        writes_first = isinstance(first, fx.Node) and bool(leaves) and first.name == leaves[0] and self._has_inplace_form(root)
+        return leaves, make(False), make(True) if writes_first else None
+
+    def _has_inplace_form(self, n: fx.Node) -> bool:
+        if n.op == "call_module":
+            return isinstance(getattr(self.gm.get_submodule(n.target), "inplace", None), bool)
+        return "inplace" in n.kwargs or out_of_place(n.target) != n.target
+
+    def _call(self, n: fx.Node, evaluate: Callable[[fx.Node], Any], inplace: bool = False) -> Any:
+        """Run one traced call; out of place unless `inplace` (then in place where the call can be)."""
         args: Argument = map_arg(n.args, evaluate)
         kwargs: dict[str, Any] = dict(map_arg(n.kwargs, evaluate))  # type: ignore[arg-type]
         if "inplace" in kwargs:
-            kwargs["inplace"] = False
-        target = out_of_place(n.target)
+            kwargs["inplace"] = inplace
+        target = n.target if inplace else out_of_place(n.target)
         if n.op == "call_module":
-            return self.gm.get_submodule(n.target)(*args, **kwargs)  # type: ignore[misc]
+            module = self.gm.get_submodule(n.target)
+            if inplace and isinstance(getattr(module, "inplace", None), bool):
+                module = copy.copy(module)  # a shallow twin: same weights, in-place flag set
+                module.inplace = True
+            return module(*args, **kwargs)  # type: ignore[misc]
         if n.op == "call_method":
             return getattr(args[0], target)(*args[1:], **kwargs)  # type: ignore[index]
         return target(*args, **kwargs)  # type: ignore[misc]

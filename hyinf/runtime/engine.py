@@ -152,6 +152,7 @@ class CleanImage:
             args = [self.base[i] for i in node.inputs] if node.inputs else [image]
             self.base[node.name] = program.full[node.name](*args)
         self._rows: dict[tuple[str, tuple[int, int, int, int], float], torch.Tensor] = {}
+        self.memory = {t.untyped_storage().data_ptr() for t in self.base.values()}  # never to be overwritten
 
     @property
     def output(self) -> torch.Tensor:
@@ -189,14 +190,14 @@ class ImageRun:
         cols = e.grid.shape[1]
         self.i, self.j, self.n = idx // cols, idx % cols, len(idx)
         self.env: dict[str, torch.Tensor] = {}
-        remaining = {name: len(c) for name, c in e.graph.consumers.items()}
+        self.remaining = {name: len(c) for name, c in e.graph.consumers.items()}
         for node in e.graph.nodes:
             rep = e.repr[node.name]
             if rep is not Repr.BASE:
                 self.env[node.name] = self.kernels[rep](node)
             for name in dict.fromkeys(node.inputs):
-                remaining[name] -= 1
-                if remaining[name] == 0 and name != e.graph.output:
+                self.remaining[name] -= 1
+                if self.remaining[name] == 0 and name != e.graph.output:
                     self.env.pop(name, None)
         return self.full_value(e.graph.output)
 
@@ -258,7 +259,27 @@ class ImageRun:
             return images.contiguous(memory_format=torch.channels_last)  # the layout CPU convolutions prefer
         if node.name in e.gap_incremental:
             return self._gap_update(node)
-        return e.program.full[node.name](*(self.full_value(i) for i in node.inputs))
+        return self._kernel(node, [self.full_value(i) for i in node.inputs])
+
+    def _kernel(self, node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+        """The node's kernel; its in-place form when the first argument is a value nothing else will read."""
+        inplace = self.e.program.inplace.get(node.name)
+        if inplace is not None and self._disposable(node.inputs[0], args[0]):
+            return inplace(*args)
+        return self.e.program.full[node.name](*args)
+
+    def _disposable(self, name: str, value: torch.Tensor) -> bool:
+        """Whether `value` may be overwritten: a fresh tensor (not the clean image's), or the last read of
+        an input no other live value shares memory with."""
+        stored = self.env.get(name)
+        if stored is None or stored is not value:  # a gathered window or pasted map made for this call
+            return self.e.repr[name] is not Repr.BASE
+        if self.remaining[name] != 1 or name == self.e.graph.output:
+            return False
+        memory = value.untyped_storage().data_ptr()
+        if memory in self.clean.memory:
+            return False
+        return not any(k != name and v.untyped_storage().data_ptr() == memory for k, v in self.env.items())
 
     def _window_node(self, node: Node) -> torch.Tensor:
         e = self.e
@@ -281,7 +302,7 @@ class ImageRun:
                 out = out / from_rows(gather(divisor, index), self.n, size, (1,), (2, 3))
             return out
         args = [self.base[name] if read is None else self.window_value(read) for name, read in zip(node.inputs, reads)]
-        return e.program.full[node.name](*args)
+        return self._kernel(node, args)
 
     def _gap_update(self, node: Node) -> torch.Tensor:
         """Exact global average pooling from the changed window alone: base mean + window delta / area."""

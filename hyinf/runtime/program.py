@@ -30,10 +30,14 @@ class TorchProgram:
     """The graph and the kernels that evaluate it.
 
     `full[name]` computes a node from its inputs' whole values exactly as the source model does,
-    for any batch size. `local[name]` exists for local ops and evaluates them on windows.
+    for any batch size, without modifying them. `local[name]` exists for local ops and evaluates
+    them on windows. `inplace[name]`, where the source call has an in-place form (ReLU, +=), computes
+    the same but may overwrite its first input: the runtime uses it when nothing else reads that value,
+    sparing the allocation of large new maps.
     """
 
     graph: Graph
     full: Mapping[str, Callable[..., torch.Tensor]]
     local: Mapping[str, LocalKernel]
     device: torch.device
+    inplace: Mapping[str, Callable[..., torch.Tensor]]
