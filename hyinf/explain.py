@@ -86,14 +86,20 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
     return BlockedEngine(program, grid, [(block, threshold_plan(program.graph, changed_regions(program.graph, block))) for block in blocks])
 
 
-def collect_scores(chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], total: int, select: Callable[[torch.Tensor], torch.Tensor], bar: tqdm) -> torch.Tensor:
-    """The selected score of every position, from (positions, outputs) chunks."""
+def collect_scores(
+    chunks: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    shape: tuple[int, int],
+    select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    bar: tqdm,
+) -> torch.Tensor:
+    """(images, positions) scores from (images, positions, outputs) chunks; `select(outputs, images)`
+    picks each row's target score."""
     scores: torch.Tensor | None = None
-    for positions, outputs in chunks:
-        chosen = select(outputs)
+    for images, positions, outputs in chunks:
+        chosen = select(outputs, images)
         if scores is None:
-            scores = torch.empty(total, dtype=chosen.dtype, device=chosen.device)
-        scores[positions] = chosen
+            scores = torch.empty(shape, dtype=chosen.dtype, device=chosen.device)
+        scores[images, positions] = chosen
         bar.update(len(outputs))
     assert scores is not None
     return scores
@@ -165,7 +171,7 @@ def explain(
             except HyinfError:  # untraceable: assume activations of 64 images' size per position
                 per_position = 64 * batch.numel() * batch.element_size()
             size = batch_size_for(per_position, len(grid), max_memory, batch_size)
-            chunks: Iterator[tuple[torch.Tensor, torch.Tensor]] = naive_chunks(model, batch, grid, fill, size)
+            chunks: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = naive_chunks(model, batch, grid, fill, size)
         else:
             program = trace_torch(model, tuple(batch.shape), dev)
             timings["trace_s"] = time.perf_counter() - clock
@@ -186,7 +192,7 @@ def explain(
         base_score = float(_scores(base_out, target, output)[0])
         start = time.perf_counter()
         with tqdm(total=len(grid), desc=f"occlusion ({mode})", unit="pos", disable=not progress, leave=False) as bar:
-            scores = collect_scores(chunks, len(grid), lambda out: _scores(out, target, output), bar)
+            scores = collect_scores(chunks, (1, len(grid)), lambda out, _: _scores(out, target, output), bar)[0]
         timings["positions_s"] = time.perf_counter() - start
     timings["total_s"] = time.perf_counter() - clock
     scores = scores.reshape(grid.shape).cpu()

@@ -9,7 +9,6 @@ from torch import nn
 from tqdm import tqdm
 
 from hyinf.compat.arguments import OcclusionArgs
-from hyinf.compat.targets import select_targets
 from hyinf.explain import attribution_from, collect_scores, compile_engine
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.torch_frontend import trace_torch
@@ -63,18 +62,26 @@ class EngineCache:
 
 
 def fast_attribute(model: nn.Module, args: OcclusionArgs, initial: torch.Tensor, cache: EngineCache, max_memory: int | None, bar: tqdm) -> torch.Tensor:
-    """Attributions of a batch of images, each example through hyinf's engine."""
+    """Attributions of a batch of images through hyinf's engine, positions of all images chunked together."""
     x = args.inputs[0]
     grid = OcclusionGrid.make(tuple(x.shape[-2:]), args.windows[0][1:], args.strides[0][1:])  # type: ignore[arg-type]
     engine = cache.get(model, (1, *x.shape[1:]), grid, x.device)
-    size = batch_size_for(bytes_per_position(engine), len(grid), max_memory, None)
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    for b in range(x.shape[0]):
-        target = args.target[b] if isinstance(args.target, list) else args.target
-        if isinstance(target, torch.Tensor) and target.numel() > 1:
-            target = target[b]
-        chunks = engine.chunks(CleanImage(engine.program, x[b : b + 1]), baseline_fill(args.baselines[0], x, b), size)
-        scores = collect_scores(chunks, len(grid), lambda o, t=target: select_targets(o, t), bar)
-        drop = initial[b] - scores.reshape(grid.shape)
-        out[b] = attribution_from(drop.float(), grid, x.shape[1:])
-    return out
+    size = batch_size_for(bytes_per_position(engine), x.shape[0] * len(grid), max_memory, None)
+    fill = torch.cat([baseline_fill(args.baselines[0], x, b) for b in range(x.shape[0])])
+    targets = per_example_targets(args.target, x.shape[0], x.device)
+
+    def select(outputs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return torch.gather(outputs.reshape(len(outputs), -1), 1, targets[images][:, None])[:, 0]
+
+    scores = collect_scores(engine.chunks(CleanImage(engine.program, x), fill, size), (x.shape[0], len(grid)), select, bar)
+    drops = initial[:, None] - scores
+    return torch.stack([attribution_from(drop.reshape(grid.shape).float(), grid, x.shape[1:]) for drop in drops])
+
+
+def per_example_targets(target: Any, examples: int, device: torch.device) -> torch.Tensor:
+    """One class index per example from an int, a 1-tuple, a tensor, or a list of ints or 1-tuples."""
+    if isinstance(target, tuple):
+        (target,) = target
+    if isinstance(target, list):
+        target = [t[0] if isinstance(t, tuple) else t for t in target]
+    return torch.as_tensor(target, device=device).reshape(-1).expand(examples).long()

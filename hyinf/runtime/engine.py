@@ -27,7 +27,7 @@ from hyinf.graph.ir import LOCAL_OPS, Graph, Node, Op
 from hyinf.planner.plan import Mode, Plan
 from hyinf.runtime.occlusion import PatchSpans
 from hyinf.runtime.program import TorchProgram
-from hyinf.runtime.windows import from_rows, gather, middle_shape, overlay, paste, to_rows, window_index
+from hyinf.runtime.windows import each_map, from_rows, gather, middle_shape, overlay, paste, to_rows, window_index
 
 
 class Repr(enum.Enum):
@@ -143,7 +143,8 @@ class Engine:
 
 
 class CleanImage:
-    """One image's activations (batch 1), shared by every block of positions, and padded copies of them."""
+    """The clean images' activations (a batch of one or more images), shared by every block of
+    positions, and padded copies of them."""
 
     def __init__(self, program: TorchProgram, image: torch.Tensor) -> None:
         self.program, self.image = program, image
@@ -170,25 +171,40 @@ class CleanImage:
 
 
 class ImageRun:
-    """One image through one engine: evaluates chunks of the engine's positions."""
+    """Clean images through one engine: evaluates chunks of (image, position) pairs.
+
+    `fill` is the patch value, (1 or images, C, 1, 1). Positions of different images share chunks,
+    so a batch of small images still makes large chunks.
+    """
 
     def __init__(self, engine: Engine, clean: CleanImage, fill: torch.Tensor) -> None:
         self.e = engine
         self.clean, self.image, self.base, self.fill = clean, clean.image, clean.base, fill
+        self.images = clean.image.shape[0]
         self.positions = torch.as_tensor(engine.grid.positions(), device=engine.device)
         self.kernels: dict[Repr, Callable[[Node], torch.Tensor]] = {Repr.WIN: self._window_node, Repr.FULL: self._full_node}
 
-    def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (positions in the whole grid, model outputs (N, ...)) for chunks of this engine's positions."""
-        total = len(self.e.grid)
+    def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (images, positions in the whole grid, model outputs (N, ...)) for chunks of pairs."""
+        per_image = len(self.e.grid)
+        total = self.images * per_image
         for start in range(0, total, batch_size):
-            idx = torch.arange(start, min(start + batch_size, total), device=self.e.device)
-            yield self.positions[idx], self.chunk(idx)
+            pairs = torch.arange(start, min(start + batch_size, total), device=self.e.device)
+            ex, idx = pairs // per_image, pairs % per_image
+            yield ex, self.positions[idx], self.chunk(ex, idx)
 
-    def chunk(self, idx: torch.Tensor) -> torch.Tensor:
+    def _each(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-image tensor (batch 1 broadcasts) picked for every position of the chunk."""
+        return t.index_select(0, self.ex) if t.shape[0] > 1 else t
+
+    def _maps(self, pixels: int) -> torch.Tensor | None:
+        """First rows of each position's image in a pixel-major batch of clean maps."""
+        return self.ex * pixels if self.images > 1 else None
+
+    def chunk(self, ex: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         e = self.e
         cols = e.grid.shape[1]
-        self.i, self.j, self.n = idx // cols, idx % cols, len(idx)
+        self.ex, self.i, self.j, self.n = ex, idx // cols, idx % cols, len(idx)
         self.env: dict[str, torch.Tensor] = {}
         self.remaining = {name: len(c) for name, c in e.graph.consumers.items()}
         for node in e.graph.nodes:
@@ -219,11 +235,15 @@ class ImageRun:
         if rep is Repr.FULL:
             return self.env[name]
         if rep is Repr.BASE:
-            return base.expand(self.n, *base.shape[1:])
+            return self._each(base).expand(self.n, *base.shape[1:])
         spatial, middle = self._layout(name)
         size = self.e.graph[name].spatial_size
         top, left = self.e.offsets[name]
-        dst = self.clean.rows(name).repeat(self.n, 1)
+        rows = self.clean.rows(name)
+        if self.images > 1:
+            dst = rows.view(self.images, -1, rows.shape[1]).index_select(0, self.ex).reshape(-1, rows.shape[1])
+        else:
+            dst = rows.repeat(self.n, 1)
         paste(dst, size, to_rows(self.env[name], spatial), self._window_size(name), top[self.i], left[self.j])
         return from_rows(dst, self.n, size, middle, spatial)
 
@@ -239,10 +259,10 @@ class ImageRun:
         if rep is Repr.FULL:
             padded = F.pad(_to_last(self.env[read.src], spatial), read.pad, value=read.pad_value)
             src = to_rows(padded, (padded.dim() - 2, padded.dim() - 1))
-            out = gather(src, window_index(top, left, read.rows, read.cols, pcols, prows * pcols))
+            out = gather(src, window_index(top, left, read.rows, read.cols, pcols, each_map(self.n, prows * pcols, top.device)))
         else:
             src = self.clean.rows(read.src, read.pad, read.pad_value)
-            out = gather(src, window_index(top, left, read.rows, read.cols, pcols))
+            out = gather(src, window_index(top, left, read.rows, read.cols, pcols, self._maps(prows * pcols)))
         if rep is Repr.WIN:
             stop, sleft = self.e.offsets[read.src]
             rel_top, rel_left = stop[self.i] + read.pad[2] - top, sleft[self.j] + read.pad[0] - left
@@ -255,7 +275,7 @@ class ImageRun:
     def _full_node(self, node: Node) -> torch.Tensor:
         e = self.e
         if node.op is Op.INPUT:
-            images = e.spans.occlude(self.image, self.i, self.j, self.fill)
+            images = e.spans.occlude(self._each(self.image), self.i, self.j, self._each(self.fill))
             return images.contiguous(memory_format=torch.channels_last)  # the layout CPU convolutions prefer
         if node.name in e.gap_incremental:
             return self._gap_update(node)
@@ -287,10 +307,11 @@ class ImageRun:
         top, left = e.offsets[node.name]
         top, left = top[self.i], left[self.j]
         if node.op is Op.INPUT:
-            cols = node.spatial_size[1]
-            win = gather(self.clean.rows(node.name), window_index(top, left, *size, cols))
+            rows, cols = node.spatial_size
+            win = gather(self.clean.rows(node.name), window_index(top, left, *size, cols, self._maps(rows * cols)))
             mask = e.spans.mask(self.i, self.j, top, left, *size).reshape(-1, 1)
-            win = torch.where(mask, self.fill.reshape(1, -1), win)
+            fill = self._each(self.fill).reshape(-1, 1, node.shape[1]).expand(self.n, size[0] * size[1], -1)
+            win = torch.where(mask, fill.reshape(-1, node.shape[1]), win)
             return from_rows(win, self.n, size, (node.shape[1],), (2, 3))
         reads = e.reads[node.name]
         if node.op in LOCAL_OPS:
@@ -301,7 +322,7 @@ class ImageRun:
                 index = window_index(top, left, *size, node.spatial_size[1])
                 out = out / from_rows(gather(divisor, index), self.n, size, (1,), (2, 3))
             return out
-        args = [self.base[name] if read is None else self.window_value(read) for name, read in zip(node.inputs, reads)]
+        args = [self._each(self.base[name]) if read is None else self.window_value(read) for name, read in zip(node.inputs, reads)]
         return self._kernel(node, args)
 
     def _gap_update(self, node: Node) -> torch.Tensor:
@@ -311,10 +332,10 @@ class ImageRun:
         rows, cols = self.e.graph[src].spatial_size
         size = self._window_size(src)
         top, left = self.e.offsets[src]
-        old = gather(self.clean.rows(src), window_index(top[self.i], left[self.j], *size, cols))
+        old = gather(self.clean.rows(src), window_index(top[self.i], left[self.j], *size, cols, self._maps(rows * cols)))
         new = to_rows(self.env[src], spatial)
         delta = (new - old).view(self.n, size[0] * size[1], -1).sum(1) / (rows * cols)
-        return self.base[node.name] + delta.reshape(self.n, *node.shape[1:])
+        return self._each(self.base[node.name]) + delta.reshape(self.n, *node.shape[1:])
 
 
 class BlockedEngine:
@@ -338,7 +359,7 @@ class BlockedEngine:
                 votes[name][rep.value] = votes[name].get(rep.value, 0) + len(engine.grid)
         return {name: max(v, key=v.__getitem__) for name, v in votes.items()}
 
-    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (positions in the grid, model outputs) for every position, block by block."""
+    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (images, positions in the grid, model outputs) for every image and position, block by block."""
         for engine in self.engines:
             yield from engine.prepare(clean, fill).chunks(batch_size)

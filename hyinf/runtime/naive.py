@@ -12,10 +12,10 @@ from hyinf.runtime.occlusion import PatchSpans
 
 def naive_chunks(
     model: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, grid: OcclusionGrid, fill: torch.Tensor, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (positions, model outputs) for consecutive batches of occluded images."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (images, positions, model outputs) for consecutive batches of occluded images of one image."""
     spans = PatchSpans(grid, image.device)
     cols, total = grid.shape[1], len(grid)
     for start in range(0, total, batch_size):
         idx = torch.arange(start, min(start + batch_size, total), device=image.device)
-        yield idx, model(spans.occlude(image, idx // cols, idx % cols, fill))
+        yield torch.zeros_like(idx), idx, model(spans.occlude(image, idx // cols, idx % cols, fill))

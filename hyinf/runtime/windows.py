@@ -30,17 +30,22 @@ def middle_shape(shape: tuple[int, ...], spatial: tuple[int, int]) -> tuple[int,
     return tuple(d for axis, d in enumerate(shape) if axis != 0 and axis not in spatial)
 
 
-def window_index(top: torch.Tensor, left: torch.Tensor, rows: int, cols: int, map_cols: int, map_pixels: int = 0) -> torch.Tensor:
+def window_index(top: torch.Tensor, left: torch.Tensor, rows: int, cols: int, map_cols: int, map_start: torch.Tensor | None = None) -> torch.Tensor:
     """Row indices of window n (rows x cols at (top[n], left[n])) in a pixel-major map.
 
-    With `map_pixels` > 0, window n is taken from map n of a batch of maps of that many pixels.
+    With `map_start`, window n is taken from the map whose first row is map_start[n] (a batch of maps).
     """
     dev = top.device
     start = top * map_cols + left
-    if map_pixels:
-        start = start + torch.arange(len(top), device=dev) * map_pixels
+    if map_start is not None:
+        start = start + map_start
     offsets = torch.arange(rows, device=dev)[:, None] * map_cols + torch.arange(cols, device=dev)[None, :]
     return (start[:, None, None] + offsets[None]).reshape(-1)
+
+
+def each_map(count: int, pixels: int, device: torch.device) -> torch.Tensor:
+    """First rows of `count` consecutive maps of `pixels` rows: window n from map n."""
+    return torch.arange(count, device=device) * pixels
 
 
 def gather(src_rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -50,7 +55,7 @@ def gather(src_rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def paste(dst_rows: torch.Tensor, dst_size: tuple[int, int], win_rows: torch.Tensor, win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
     """Write window n into map n of `dst_rows` at (top[n], left[n]); every window must fit. Returns `dst_rows`."""
-    index = window_index(top, left, *win_size, dst_size[1], dst_size[0] * dst_size[1])
+    index = window_index(top, left, *win_size, dst_size[1], each_map(len(top), dst_size[0] * dst_size[1], top.device))
     return dst_rows.index_copy_(0, index, win_rows)
 
 
