@@ -64,3 +64,13 @@ def test_softmax_output_matches_naive() -> None:
     model = build("resnet18")
     image = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(2))
     assert_matches_naive(model, image, patch=16, stride=12, output="softmax")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "inception_v3"])
+def test_full_size_matches_naive(name: str) -> None:
+    """Full-size images, as users run them (minutes; run with -m slow)."""
+    model = build(name)
+    size = 299 if name == "inception_v3" else 224
+    image = torch.randn(3, size, size, generator=torch.Generator().manual_seed(3))
+    assert_matches_naive(model, image, patch=16, stride=24, plans=1)
