@@ -186,3 +186,27 @@ def test_captum_surface(capsys) -> None:
         occlusion.attribute_future()
     occlusion.attribute(torch.randn(1, 1, 10, 10), sliding_window_shapes=(1, 3, 3), target=0, show_progress=True)
     assert "Occlusion attribution" in capsys.readouterr().err
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, captum's way still works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).mean((2, 3))
+        return y if y.sum() > 0 else -y
+
+
+def test_models_the_engine_cannot_take_fall_back_to_re_inference() -> None:
+    seeded(6)
+    x = torch.randn(2, 1, 8, 8)
+    mine, theirs, run = both(Untraceable(), x, sliding_window_shapes=(1, 3, 3), target=1)
+    assert run.path == "re-inference" and "cannot trace" in run.reason
+    assert_same(mine, theirs)
+    training = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 3)).train()
+    mine, theirs, run = both(training, x, sliding_window_shapes=(1, 2, 2), target=0)
+    assert run.path == "re-inference" and "training mode" in run.reason
+    assert_same(mine, theirs)

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 from tqdm import tqdm
 
 from hyinf.compat.arguments import OcclusionArgs
@@ -17,10 +18,21 @@ from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.occlusion import patch_fill
 
 
+#: Layers whose output depends on train/eval mode; the engine evaluates models in eval mode.
+MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, StochasticDepth)
+
+
+def batch_dependent(forward: Any) -> bool:
+    """A module in training mode with dropout or batch norm: its outputs depend on what it is batched with."""
+    return isinstance(forward, nn.Module) and forward.training and any(isinstance(m, MODE_DEPENDENT) for m in forward.modules())
+
+
 def why_not_fast(forward: Any, args: OcclusionArgs) -> str | None:
     """None when the engine can compute these attributions, else the reason it cannot."""
     if not isinstance(forward, nn.Module):
         return "forward_func is not a torch.nn.Module"
+    if batch_dependent(forward):
+        return "the model is in training mode and has layers that behave differently there (dropout, batch norm)"
     if len(args.inputs) != 1 or args.additional_args is not None:
         return "the model takes more than one input"
     x = args.inputs[0]

@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from hyinf.compat.ablation import ablate, chunk_size, count_windows, forward_output
 from hyinf.compat.arguments import parse
-from hyinf.compat.fast import EngineCache, fast_attribute, why_not_fast
-from hyinf.errors import CaptumArgumentError
+from hyinf.compat.fast import EngineCache, batch_dependent, fast_attribute, why_not_fast
+from hyinf.errors import CaptumArgumentError, ModelError
 
 log = logging.getLogger("hyinf")
 
@@ -77,11 +77,16 @@ class Occlusion:
                 reason = "the target does not pick one score per example"
             if reason is None:
                 total = args.batch * args.features(0)
-                with tqdm(total=total, desc="Occlusion attribution", disable=not show_progress) as bar:
-                    result: tuple[torch.Tensor, ...] = (fast_attribute(self.forward_func, args, initial, self._engines, self.max_memory, bar),)
-                info = RunInfo("engine", "", time.perf_counter() - start)
-            else:
+                try:
+                    with tqdm(total=total, desc="Occlusion attribution", disable=not show_progress) as bar:
+                        result: tuple[torch.Tensor, ...] = (fast_attribute(self.forward_func, args, initial, self._engines, self.max_memory, bar),)
+                    info = RunInfo("engine", "", time.perf_counter() - start)
+                except ModelError as e:  # e.g. torch.fx cannot trace it: captum's way still works
+                    reason = str(e)
+            if reason is not None:
                 chunk = chunk_size(args, self.max_memory)
+                if batch_dependent(self.forward_func):  # results depend on the batch: keep captum's batches
+                    chunk = perturbations_per_eval
                 with tqdm(total=count_windows(args), desc="Occlusion attribution", disable=not show_progress) as bar:
                     result = ablate(self.forward_func, args, initial, chunk, bar)
                 info = RunInfo("re-inference", reason, time.perf_counter() - start, chunk)
