@@ -132,7 +132,35 @@ def main() -> None:
     text = f"Machine: {machine()}.\n\n{table(rows, args.size, args.patch, args.stride, args.repeats)}\n"
     print(text)
     if args.write:
-        write_section(args.write, text)
+        image = args.write.parent / "img" / "engine_speed.png"
+        plot(rows, image, f"{args.size}x{args.size}, patch {args.patch}, stride {args.stride}, CPU")
+        write_section(args.write, f"{text}\n![speedup over naive]({image.relative_to(args.write.parent).as_posix()})\n")
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    """Speedup over naive per model and system, with the FLOP bound marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = SYSTEMS[1:]
+    width = 0.8 / len(systems)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    for k, system in enumerate(systems):
+        speedups = [r.median("naive") / r.median(system) for r in rows]
+        bars = ax.bar([i + (k - 1) * width for i in range(len(rows))], speedups, width, label=system)
+        ax.bar_label(bars, fmt="%.2fx", fontsize=7)
+    for i, r in enumerate(rows):
+        ax.hlines(r.flop_bound, i - 0.45, i + 0.45, colors="black", linestyles="dashed", label="FLOP bound" if i == 0 else None)
+    ax.set_xticks(range(len(rows)), [r.model for r in rows])
+    ax.set_ylabel("speedup over naive re-inference")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def write_section(path: Path, text: str, name: str = "engine-speed") -> None:
