@@ -1,0 +1,219 @@
+"""The plans database: opening (checked, migrated), and reading and writing profiles and cost models.
+
+SQLite by default. Every transaction takes SQLite's write lock when it begins (BEGIN IMMEDIATE) and
+the journal is in WAL mode, so concurrent profile runs queue for the lock instead of failing or
+losing writes, and two processes opening a new database migrate it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, exc, func, select
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from hyinf import __version__
+from hyinf.errors import HyinfError
+from hyinf.plans_db.location import database_url
+from hyinf.plans_db.schema import CostModelRow, Device, Measurement, PlanRow, ProfileRun
+from hyinf.profiler.machine import DeviceFingerprint
+from hyinf.profiler.sample import Sample
+from hyinf.profiler.timing import Timing
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+FIX = "give another file with --db or the HYINF_DB environment variable"
+
+
+class DatabaseError(HyinfError):
+    """A database that cannot be opened or used: not SQLite, corrupt, someone else's, or too new."""
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("hyinf.plans_db") / "migrations"))
+    return cfg
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not a SQLite database before SQLAlchemy would open (and extend) it."""
+    if path.is_dir():
+        raise DatabaseError(f"database {path} is a directory, not a file; {FIX}")
+    if path.exists() and path.stat().st_size > 0:
+        with path.open("rb") as f:
+            if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise DatabaseError(f"{path} is not a SQLite database (is it the right file?); {FIX}")
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin below open every transaction
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What `hyinf db info` shows."""
+
+    url: str
+    revision: str
+    counts: dict[str, int]
+    devices: list[tuple[int, str, str]]  # id, kind, description
+    cost_models: list[tuple[int, int, str, datetime, dict[str, Any]]]  # id, device id, backend, created, metrics
+
+
+class Database:
+    """An opened, up-to-date hyinf database."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = database_url(url)
+        try:
+            parsed = make_url(self.url)
+        except exc.ArgumentError:
+            raise DatabaseError(f"{self.url!r} is not a database URL or file path; {FIX}") from None
+        try:
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+                path = Path(parsed.database)
+                _check_sqlite_file(path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.engine = _sqlite_engine(self.url)
+            else:
+                self.engine = sa.create_engine(self.url)
+        except (exc.NoSuchModuleError, ModuleNotFoundError) as e:
+            raise DatabaseError(f"cannot open {self.url}: {e}; install its database driver or use a SQLite file") from None
+        except OSError as e:
+            raise DatabaseError(f"cannot create the database at {self.url}: {e.strerror}; {FIX}") from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self._errors():
+            self._migrate()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except exc.DatabaseError as e:
+            reason = str(e.orig) if e.orig is not None else str(e)
+            raise DatabaseError(f"database {self.url} cannot be used ({reason}); repair it or {FIX}") from None
+
+    def _migrate(self) -> None:
+        """Bring the schema to the newest revision; refuse databases that are not hyinf's or are newer."""
+        cfg = _alembic_config()
+        script = ScriptDirectory.from_config(cfg)
+        with self.engine.begin() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is None and tables - {"alembic_version"}:
+                raise DatabaseError(f"database {self.url} holds tables that are not hyinf's ({', '.join(sorted(tables))}); {FIX}")
+            if current is not None and current not in {s.revision for s in script.walk_revisions()}:
+                raise DatabaseError(f"database {self.url} has schema revision {current}, newer than this hyinf {__version__} knows; upgrade hyinf or {FIX}")
+            if current != script.get_current_head():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+
+    @property
+    def revision(self) -> str:
+        with self._errors(), self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision() or ""
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any error."""
+        with self._errors(), self._sessions.begin() as session:
+            yield session
+
+    # ---- profiles ------------------------------------------------------------------------------
+
+    def device_id(self, fp: DeviceFingerprint) -> int:
+        """The id of this device's row, created on first use."""
+        with self.session() as s:
+            row = s.scalar(select(Device).where(Device.key == fp.key))
+            if row is None:
+                row = Device(
+                    key=fp.key, kind=fp.kind, name=fp.name, cores=fp.cores, driver=fp.driver,
+                    torch_version=fp.torch_version, onnxruntime_version=fp.onnxruntime_version,
+                )
+                s.add(row)
+                s.flush()
+            return row.id
+
+    def start_run(self, device_id: int, backend: str, threads: int, quick: bool, settings: dict[str, Any]) -> int:
+        with self.session() as s:
+            run = ProfileRun(device_id=device_id, backend=backend, threads=threads, quick=quick, settings=settings, hyinf_version=__version__)
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def add_samples(self, run_id: int, samples: list[Sample]) -> None:
+        with self.session() as s:
+            s.add_all(
+                Measurement(
+                    run_id=run_id, source=x.source, config=x.config, kind=x.kind, op=x.op, features=dict(x.features),
+                    median_s=x.timing.median, spread=x.timing.spread, times=list(x.timing.times),
+                )
+                for x in samples
+            )
+
+    def finish_run(self, run_id: int) -> None:
+        with self.session() as s:
+            s.get_one(ProfileRun, run_id).finished_at = datetime.now(UTC).replace(tzinfo=None)
+
+    def samples(self, device_id: int, backend: str) -> tuple[list[int], list[Sample]]:
+        """The finished runs of (device, backend) and every sample they measured."""
+        with self.session() as s:
+            runs = s.scalars(
+                select(ProfileRun.id).where(
+                    ProfileRun.device_id == device_id, ProfileRun.backend == backend, ProfileRun.finished_at.is_not(None)
+                ).order_by(ProfileRun.id)
+            ).all()
+            rows = s.scalars(select(Measurement).where(Measurement.run_id.in_(runs)).order_by(Measurement.id)).all()
+            samples = [Sample(m.source, m.config, m.kind, m.op, m.features, Timing(tuple(m.times))) for m in rows]
+        return list(runs), samples
+
+    # ---- cost models ---------------------------------------------------------------------------
+
+    def save_cost_model(self, device_id: int, backend: str, format_version: int, run_ids: list[int], body: dict[str, Any], metrics: dict[str, Any]) -> int:
+        with self.session() as s:
+            row = CostModelRow(device_id=device_id, backend=backend, format_version=format_version, run_ids=run_ids, body=body, metrics=metrics)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def latest_cost_model(self, device_key: str, backend: str) -> CostModelRow | None:
+        with self.session() as s:
+            return s.scalar(
+                select(CostModelRow).join(Device).where(Device.key == device_key, CostModelRow.backend == backend).order_by(CostModelRow.id.desc())
+            )
+
+    # ---- overview ------------------------------------------------------------------------------
+
+    def summary(self) -> Summary:
+        tables = {"devices": Device, "profile runs": ProfileRun, "measurements": Measurement, "cost models": CostModelRow, "plans": PlanRow}
+        with self.session() as s:
+            counts = {label: s.scalar(select(func.count()).select_from(t)) or 0 for label, t in tables.items()}
+            devices = [
+                (d.id, d.kind, DeviceFingerprint(d.kind, d.name, d.cores, d.driver, d.torch_version, d.onnxruntime_version).description)
+                for d in s.scalars(select(Device).order_by(Device.id))
+            ]
+            models = [(m.id, m.device_id, m.backend, m.created_at, m.metrics) for m in s.scalars(select(CostModelRow).order_by(CostModelRow.id))]
+        return Summary(self.url, self.revision, counts, devices, models)
