@@ -125,3 +125,90 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
     if not quiet:
         click.echo(f"{loaded.description}: target {label} (score {result.base_score:.4g}), {len(result.grid)} positions, "
                    f"{result.mode}, {result.timings['total_s']:.2f} s -> {out_dir}/")
+
+
+@main.command()
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True, help="Runtime backend to profile.")
+@click.option("--model", "model_spec", help="Also time this model's layers: demo, torchvision:NAME or a .pt2/TorchScript file.")
+@click.option("--image-size", nargs=2, type=int, help="Image size H W for --model (default: the model's usual size).")
+@click.option("--patch", default="16", show_default=True, help="Patch size for --model: N or HxW.")
+@click.option("--stride", default="8", show_default=True, help="Stride for --model: N or HxW.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Local state dict for torchvision:NAME.")
+@click.option("--quick", is_flag=True, help="A smaller sweep (under 2 minutes on a 2-core CPU).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads to time with (default: torch's default).")
+@click.option("--db", "db_url", help="Database URL or SQLite file (default: $HYINF_DB or the user data directory).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def profile(device: str, backend: str, model_spec: str | None, image_size: tuple[int, int] | None, patch: str, stride: str,
+            weights: Path | None, quick: bool, threads: int | None, db_url: str | None, quiet: bool) -> None:
+    """Measure this device's incremental, full and conversion costs and fit its cost model.
+
+    Run once per machine (and after upgrading torch); plans for every model use the result.
+
+    Example: hyinf profile --device cpu --quick --model torchvision:resnet18
+    """
+    from tqdm import tqdm
+
+    from hyinf.explain import resolve_device
+    from hyinf.graph.geometry import OcclusionGrid
+    from hyinf.graph.torch_frontend import trace_torch
+    from hyinf.models import load_model
+    from hyinf.plans_db import Database
+    from hyinf.profiler.profile import ModelTarget
+    from hyinf.profiler.profile import profile as run_profile
+
+    dev = resolve_device(device)
+    db = Database(db_url)
+    target = None
+    if model_spec is not None:
+        loaded = load_model(model_spec, weights)
+        size = tuple(image_size) if image_size else loaded.image_size
+        program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
+        target = ModelTarget(model_spec, program, OcclusionGrid.make(size, _pair(patch), _pair(stride)))  # type: ignore[arg-type]
+    with tqdm(desc="profiling", unit="config", disable=quiet or not sys.stderr.isatty(), leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = run_profile(db, dev, quick=quick, threads=threads, model=target, progress=progress)
+    fit = report.fit
+    click.echo(f"device: {report.device.description}; {report.threads} threads; backend {backend}")
+    click.echo(f"measured {report.samples} costs in {report.seconds:.0f} s (run {report.run_id})")
+    if report.noisy > 0.1 * report.samples:
+        click.echo(f"warning: {report.noisy} of {report.samples} measurements vary by more than 15% between repeats; "
+                   "close other programs and profile again for better plans", err=True)
+    click.echo(f"held-out accuracy ({fit.learned.count} costs of configurations not fitted to):")
+    click.echo(f"  {'model':<24} {'median abs. % error':>20} {'rank correlation':>17}")
+    for name, acc in (("learned", fit.learned), ("analytic FLOP/byte", fit.analytic)):
+        click.echo(f"  {name:<24} {acc.mape:>19.1%} {acc.spearman:>17.3f}")
+    if fit.ranking is not None:
+        agree, nodes = fit.ranking
+        click.echo(f"incremental-vs-full ranking of profiled model layers: {agree}/{nodes} agree with measurement ({agree / max(nodes, 1):.0%})")
+    click.echo(f"cost model {report.cost_model_id} saved in {db.url}")
+
+
+@main.group()
+def db() -> None:
+    """The plans database (profiles, cost models, plans)."""
+
+
+@db.command()
+@click.option("--db", "db_url", help="Database URL or SQLite file (default: $HYINF_DB or the user data directory).")
+@_user_errors
+def info(db_url: str | None) -> None:
+    """Where the database is and what it holds.
+
+    Example: hyinf db info --db team-plans.db
+    """
+    from hyinf.plans_db import Database
+
+    summary = Database(db_url).summary()
+    click.echo(f"database: {summary.url} (schema revision {summary.revision})")
+    click.echo("holds: " + ", ".join(f"{n} {label}" for label, n in summary.counts.items()))
+    for device_id, _kind, description in summary.devices:
+        click.echo(f"device {device_id}: {description}")
+    for model_id, device_id, backend, created, metrics in summary.cost_models:
+        learned, analytic = metrics.get("learned", {}), metrics.get("analytic", {})
+        click.echo(f"cost model {model_id}: device {device_id}, {backend}, {created:%Y-%m-%d %H:%M}; held-out error "
+                   f"{learned.get('mape', float('nan')):.1%} (analytic {analytic.get('mape', float('nan')):.1%})")

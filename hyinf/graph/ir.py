@@ -56,7 +56,7 @@ class Node:
     `shape` is the output shape for a batch of one image. `spatial` names the output axes that carry
     the image's rows and columns (None when the value has no spatial layout, e.g. logits).
     `window` is set for local ops; `label` says what the node was in the source model, for reports
-    and error messages. Values that do not depend on the image (weights, buffers) are not nodes:
+    and error messages; `fn` names the operation the same way in every frontend, for cost models. Values that do not depend on the image (weights, buffers) are not nodes:
     backends fold them into the kernels.
     """
 
@@ -68,6 +68,7 @@ class Node:
     window: Window | None = None
     macs: int = 1  # multiply-accumulates per output element, for FLOP estimates
     label: str = ""
+    fn: str = ""  # the operation, named alike by every frontend ("conv", "relu", "add", "batch_norm", ...)
 
     @property
     def spatial_size(self) -> tuple[int, int]:

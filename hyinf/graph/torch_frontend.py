@@ -21,7 +21,7 @@ from torch.fx.node import Argument, map_arg
 
 from hyinf.errors import ModelError
 from hyinf.graph.ir import Graph, Node, Op
-from hyinf.graph.torch_ops import Spec, classify_call, classify_module, op_name, out_of_place
+from hyinf.graph.torch_ops import Spec, canonical_fn, classify_call, classify_module, op_name, out_of_place
 from hyinf.runtime.program import LocalKernel, TorchProgram
 
 INPUT_NAME = "image"
@@ -165,21 +165,22 @@ class _Builder:
         inputs = [self.nodes[leaf] for leaf in leaves]
         shape = tuple(value.shape)
         proto = Node(n.name, Op.OPAQUE, tuple(i.name for i in inputs), shape, (2, 3) if len(shape) == 4 else None)
-        spec, label = self._classify(n, inputs, proto)
+        spec, label, canonical = self._classify(n, inputs, proto)
         spatial = spec.spatial
         if spec.op is Op.OPAQUE or (spatial is not None and max(spatial) >= len(shape)):
             spec = Spec(Op.OPAQUE, None)
             spatial = (2, 3) if len(shape) == 4 else None
         # A reshape's kernel takes the target shape from the IR, so only the data is an input.
         node_inputs = proto.inputs[:1] if spec.op is Op.RESHAPE else proto.inputs
-        self.nodes[n.name] = Node(n.name, spec.op, node_inputs, shape, spatial, spec.window, spec.macs, label)
+        self.nodes[n.name] = Node(n.name, spec.op, node_inputs, shape, spatial, spec.window, spec.macs, label, canonical)
         self.full[n.name] = spec.full or fn
         if inplace is not None and spec.full is None:
             self.inplace[n.name] = inplace
         if spec.local is not None:
             self.local[n.name] = spec.local
 
-    def _classify(self, n: fx.Node, inputs: list[Node], proto: Node) -> tuple[Spec, str]:
+    def _classify(self, n: fx.Node, inputs: list[Node], proto: Node) -> tuple[Spec, str, str]:
+        """The node's spec, its label and its canonical operation name."""
         call, index = n, None
         if n.op == "call_function" and op_name(n.target) == "getitem":
             source = n.args[0]
@@ -187,10 +188,10 @@ class _Builder:
                 call, index = source, n.args[1]
         if call.op == "call_module":
             module = self.gm.get_submodule(call.target)
-            label = f"{call.target} ({type(module).__name__})"
+            label, fn = f"{call.target} ({type(module).__name__})", canonical_fn(type(module).__name__)
             if index is not None:
-                return Spec(Op.OPAQUE, None), label
-            return classify_module(module, inputs, proto, self.device), label
+                return Spec(Op.OPAQUE, None), label, fn
+            return classify_module(module, inputs, proto, self.device), label, fn
         name = op_name(call.target)
         args = map_arg(call.args, lambda a: self.values[a.name])
         kwargs = map_arg(call.kwargs, lambda a: self.values[a.name])
@@ -202,7 +203,8 @@ class _Builder:
             if a.name not in self.dependent and isinstance(self.values[a.name], torch.Tensor)
         ]
         first_is_data = isinstance(first, fx.Node) and first.name in self.nodes
-        return classify_call(name, args, kwargs, inputs, proto, self.device, first_is_data=first_is_data, constants=constants, index=index), label
+        spec = classify_call(name, args, kwargs, inputs, proto, self.device, first_is_data=first_is_data, constants=constants, index=index)
+        return spec, label, canonical_fn(name)
 
     def _expression(self, root: fx.Node) -> tuple[list[str], Callable[..., torch.Tensor], Callable[..., torch.Tensor] | None]:
         """The IR inputs of `root`, a kernel computing it from them (inlining non-tensor steps), and,

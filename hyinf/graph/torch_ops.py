@@ -10,6 +10,7 @@ Anything it does not recognise, or recognises with settings it cannot treat loca
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,19 @@ class Spec:
     macs: int = 1
     local: LocalKernel | None = None
     full: Callable[..., torch.Tensor] | None = None
+
+
+_FN_ALIASES = {
+    "batchnorm": "batch_norm", "native_batch_norm_legit_no_training": "batch_norm", "convolution": "conv",
+    "maxpool": "max_pool", "avgpool": "avg_pool", "adaptiveavgpool": "adaptive_avg_pool", "adaptivemaxpool": "adaptive_max_pool",
+    "iadd": "add", "isub": "sub", "imul": "mul", "itruediv": "div", "truediv": "div", "constantpad": "pad", "zeropad": "pad",
+}
+
+
+def canonical_fn(name: str) -> str:
+    """One name per operation whatever spelled it: Conv2d, conv2d and aten convolution all give "conv"."""
+    n = re.sub(r"[123]d$", "", name.lower().strip("_"))
+    return _FN_ALIASES.get(n, n)
 
 
 def op_name(target: Any) -> str:

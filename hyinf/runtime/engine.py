@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from hyinf.graph.geometry import Change, OcclusionGrid, Region, changed_regions, read_start
 from hyinf.graph.ir import LOCAL_OPS, Graph, Node, Op
 from hyinf.planner.plan import Mode, Plan
+from hyinf.runtime.memory import retain_freed_memory
 from hyinf.runtime.occlusion import PatchSpans
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.windows import each_map, from_rows, gather, middle_shape, overlay, paste, to_rows, window_index
@@ -138,6 +139,12 @@ class Engine:
             fits = bool((rel_top >= 0).all() and (rel_top + s.rows.size <= rows).all() and (rel_left >= 0).all() and (rel_left + s.cols.size <= cols).all())
         return _Read(src, self._t(top), self._t(left), rows, cols, pad, value, passthrough, fits)
 
+    def own_read(self, name: str) -> _Read:
+        """Reading a node's own changed window: what converting its whole maps to windows costs."""
+        r = self.regions[name]
+        assert r.rows is not None and r.cols is not None
+        return self._read(name, r.rows.offset, r.cols.offset, r.rows.size, r.cols.size, (0, 0, 0, 0), 0.0)
+
     def prepare(self, clean: CleanImage, fill: torch.Tensor) -> ImageRun:
         return ImageRun(self, clean, fill)
 
@@ -147,6 +154,7 @@ class CleanImage:
     positions, and padded copies of them."""
 
     def __init__(self, program: TorchProgram, image: torch.Tensor) -> None:
+        retain_freed_memory()  # chunks reuse freed buffers instead of faulting in fresh pages
         self.program, self.image = program, image
         self.base: dict[str, torch.Tensor] = {}
         for node in program.graph.nodes:
@@ -210,12 +218,16 @@ class ImageRun:
         for node in e.graph.nodes:
             rep = e.repr[node.name]
             if rep is not Repr.BASE:
-                self.env[node.name] = self.kernels[rep](node)
+                self.env[node.name] = self.evaluate(node, rep)
             for name in dict.fromkeys(node.inputs):
                 self.remaining[name] -= 1
                 if self.remaining[name] == 0 and name != e.graph.output:
                     self.env.pop(name, None)
         return self.full_value(e.graph.output)
+
+    def evaluate(self, node: Node, rep: Repr) -> torch.Tensor:
+        """One node's value for the chunk (the profiler overrides this to time it)."""
+        return self.kernels[rep](node)
 
     # ---- reading inputs ----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from hyinf.graph.geometry import OcclusionGrid
+from hyinf.runtime.memory import retain_freed_memory
 from hyinf.runtime.occlusion import PatchSpans
 
 
@@ -14,6 +15,7 @@ def naive_chunks(
     model: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, grid: OcclusionGrid, fill: torch.Tensor, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (images, positions, model outputs) for consecutive batches of occluded images of one image."""
+    retain_freed_memory()  # as the engine does, so comparisons with it are fair
     spans = PatchSpans(grid, image.device)
     cols, total = grid.shape[1], len(grid)
     for start in range(0, total, batch_size):

@@ -1,0 +1,237 @@
+"""Cost models: predict the seconds an operator takes in each mode, and each conversion, from features.
+
+Two models behind one interface (`predict(kind, op, features) -> seconds`):
+
+* `AnalyticCosts`: time = overhead + FLOPs / rate + bytes / bandwidth, per kind of work. With default
+  constants it serves when no profile exists (planning must always work); fitted to measurements it
+  is the baseline the learned model must beat.
+* `LearnedCosts`: the fitted analytic model times a learned correction: gradient-boosted trees
+  (scikit-learn) predict log(measured / analytic) from log-scaled features. The analytic factor carries
+  the scaling to configurations larger than any profiled; the trees learn where the machine is
+  faster or slower than FLOPs and bytes say (small windows, depthwise kernels, gathers).
+
+Both are stored as data (coefficients, and each tree's arrays), never pickled, and predict with
+numpy alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from scipy.optimize import nnls
+from scipy.stats import spearmanr
+from sklearn.ensemble import GradientBoostingRegressor
+
+from hyinf.graph.ir import Op
+from hyinf.profiler.features import NUMERIC, log_features
+from hyinf.profiler.sample import KINDS, Sample
+
+FORMAT_VERSION = 1
+
+#: Default analytic constants (overhead s, s per FLOP, s per byte) when a device was never profiled.
+DEFAULTS = {
+    "cpu": (2e-5, 1 / 50e9, 1 / 5e9),
+    "cuda": (2e-5, 1 / 10e12, 1 / 500e9),
+}
+
+
+class CostModel(Protocol):
+    def predict(self, kind: str, op: str, features: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """Seconds for each feature row, all of one kind of work (see `hyinf.profiler.sample.KINDS`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AnalyticCosts:
+    coefficients: Mapping[str, tuple[float, float, float]]  # kind -> (overhead, s/FLOP, s/byte)
+    name: str = "analytic FLOP/byte"
+
+    @classmethod
+    def default(cls, device_kind: str) -> AnalyticCosts:
+        return cls({kind: DEFAULTS.get(device_kind, DEFAULTS["cpu"]) for kind in KINDS}, "analytic FLOP/byte (default constants)")
+
+    @classmethod
+    def fit(cls, samples: Sequence[Sample]) -> AnalyticCosts:
+        """Non-negative least squares on relative error, separately per kind of work."""
+        coefficients = {}
+        for kind in KINDS:
+            rows = [s for s in samples if s.kind == kind]
+            if not rows:
+                coefficients[kind] = DEFAULTS["cpu"]
+                continue
+            t = np.array([s.timing.median for s in rows])
+            a = np.array([[1.0, s.features["flops"], s.features["bytes"]] for s in rows]) / t[:, None]
+            scale = a.max(axis=0) + 1e-30  # condition the columns, then undo
+            x, _ = nnls(a / scale, np.ones(len(rows)))
+            coefficients[kind] = tuple(float(v) for v in x / scale)
+        return cls(coefficients)
+
+    def predict(self, kind: str, op: str, features: Sequence[Mapping[str, float]]) -> np.ndarray:
+        overhead, per_flop, per_byte = self.coefficients[kind]
+        out = np.array([overhead + per_flop * f["flops"] + per_byte * f["bytes"] for f in features])
+        return np.maximum(out, 1e-7)
+
+    def to_body(self) -> dict[str, Any]:
+        return {kind: list(c) for kind, c in self.coefficients.items()}
+
+
+OPS = tuple(op.value for op in Op)
+#: Operations told apart by the learned model; others count by their IR category alone.
+FUNCTIONS = ("conv", "max_pool", "avg_pool", "relu", "relu6", "hardtanh", "sigmoid", "hardsigmoid", "hardswish", "silu", "gelu", "tanh",
+             "batch_norm", "add", "sub", "mul", "div", "cat", "pad")
+
+
+def sample_op(category: str, fn: str) -> str:
+    """How samples name an operation: its IR category and its canonical function."""
+    return f"{category}/{fn}"
+
+
+def design_matrix(kind: str, op: str, features: Sequence[Mapping[str, float]]) -> np.ndarray:
+    """Log-scaled numeric features with one-hot kind, IR category and function, one row per sample."""
+    category, _, fn = op.partition("/")
+    one_hot = [float(kind == k) for k in KINDS] + [float(category == o) for o in OPS] + [float(fn == f) for f in FUNCTIONS]
+    return np.array([log_features(dict(f)) + one_hot for f in features], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """One regression tree as arrays (scikit-learn's tree_ fields)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    value: np.ndarray
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        node = np.zeros(len(x), dtype=np.int64)
+        rows = np.arange(len(x))
+        while True:
+            left = self.left[node]
+            inner = left >= 0
+            if not inner.any():
+                return self.value[node]
+            go_left = x[rows, self.feature[node].clip(0)] <= self.threshold[node]
+            node = np.where(inner, np.where(go_left, left, self.right[node]), node)
+
+
+@dataclass(frozen=True)
+class LearnedCosts:
+    analytic: AnalyticCosts
+    init: float
+    learning_rate: float
+    trees: tuple[_Tree, ...]
+    name: str = "learned (boosted trees)"
+
+    @classmethod
+    def fit(cls, samples: Sequence[Sample], seed: int = 0) -> LearnedCosts:
+        analytic = AnalyticCosts.fit(samples)
+        x, residual = [], []
+        for s in samples:
+            x.append(design_matrix(s.kind, s.op, [s.features])[0])
+            residual.append(math.log(s.timing.median) - math.log(analytic.predict(s.kind, s.op, [s.features])[0]))
+        gbr = GradientBoostingRegressor(n_estimators=300, max_depth=4, learning_rate=0.05, subsample=0.8, min_samples_leaf=3, random_state=seed)
+        gbr.fit(np.array(x), np.array(residual))
+        trees = tuple(
+            _Tree(t.children_left.copy(), t.children_right.copy(), t.feature.copy(), t.threshold.copy(), t.value[:, 0, 0].copy())
+            for t in (e[0].tree_ for e in gbr.estimators_)
+        )
+        return cls(analytic, float(np.ravel(gbr.init_.constant_)[0]), float(gbr.learning_rate), trees)
+
+    def correction(self, x: np.ndarray) -> np.ndarray:
+        """log(measured / analytic) predicted for design-matrix rows."""
+        x32 = x.astype(np.float32).astype(np.float64)  # scikit-learn compares features as float32
+        return self.init + self.learning_rate * sum(t.predict(x32) for t in self.trees)
+
+    def predict(self, kind: str, op: str, features: Sequence[Mapping[str, float]]) -> np.ndarray:
+        if not features:
+            return np.zeros(0)
+        return self.analytic.predict(kind, op, features) * np.exp(self.correction(design_matrix(kind, op, features)))
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "features": list(NUMERIC),
+            "kinds": list(KINDS),
+            "ops": list(OPS),
+            "functions": list(FUNCTIONS),
+            "analytic": self.analytic.to_body(),
+            "init": self.init,
+            "learning_rate": self.learning_rate,
+            "trees": [
+                {"left": t.left.tolist(), "right": t.right.tolist(), "feature": t.feature.tolist(), "threshold": t.threshold.tolist(), "value": t.value.tolist()}
+                for t in self.trees
+            ],
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> LearnedCosts:
+        """Rebuild a stored model; raises ValueError when it was made for other features."""
+        if body.get("features") != list(NUMERIC) or body.get("kinds") != list(KINDS) or body.get("ops") != list(OPS) or body.get("functions") != list(FUNCTIONS):
+            raise ValueError("stored cost model uses other features than this hyinf; re-run `hyinf profile`")
+        analytic = AnalyticCosts({k: tuple(v) for k, v in body["analytic"].items()})
+        trees = tuple(
+            _Tree(
+                np.asarray(t["left"], dtype=np.int64), np.asarray(t["right"], dtype=np.int64), np.asarray(t["feature"], dtype=np.int64),
+                np.asarray(t["threshold"], dtype=np.float64), np.asarray(t["value"], dtype=np.float64),
+            )
+            for t in body["trees"]
+        )
+        return cls(analytic, float(body["init"]), float(body["learning_rate"]), trees)
+
+
+def predict_samples(model: CostModel, samples: Sequence[Sample]) -> np.ndarray:
+    """The model's prediction for every sample, in order."""
+    out = np.zeros(len(samples))
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault((s.kind, s.op), []).append(i)
+    for (kind, op), idx in groups.items():
+        out[idx] = model.predict(kind, op, [samples[i].features for i in idx])
+    return out
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """How well a model predicts measured times."""
+
+    mape: float  # median absolute percentage error
+    spearman: float  # rank correlation of predicted and measured times
+    count: int
+
+    @classmethod
+    def of(cls, model: CostModel, samples: Sequence[Sample]) -> Accuracy:
+        measured = np.array([s.timing.median for s in samples])
+        predicted = predict_samples(model, samples)
+        mape = float(np.median(np.abs(predicted - measured) / measured))
+        return cls(mape, float(spearmanr(predicted, measured).statistic), len(samples))
+
+
+def config_group(sample: Sample) -> str:
+    """The configuration a sample belongs to (its config id without the node name)."""
+    return sample.config.rsplit("/", 1)[0]
+
+
+def split(samples: Sequence[Sample], held_out: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Train/test split by configuration, so a test configuration was never seen in training."""
+    groups = sorted({config_group(s) for s in samples})
+    rng = np.random.default_rng(seed)
+    test = set(rng.choice(groups, size=max(1, round(held_out * len(groups))), replace=False).tolist()) if len(groups) > 1 else set()
+    return [s for s in samples if config_group(s) not in test], [s for s in samples if config_group(s) in test]
+
+
+def ranking_agreement(model: CostModel, samples: Sequence[Sample]) -> tuple[int, int]:
+    """On how many nodes the model orders incremental vs full evaluation as measured: (agree, nodes)."""
+    pairs: dict[str, dict[str, Sample]] = {}
+    for s in samples:
+        if s.kind in ("incremental", "full"):
+            pairs.setdefault(s.config, {})[s.kind] = s
+    both = [p for p in pairs.values() if len(p) == 2]
+    agree = 0
+    for p in both:
+        inc, full = predict_samples(model, [p["incremental"], p["full"]])
+        agree += (inc < full) == (p["incremental"].timing.median < p["full"].timing.median)
+    return agree, len(both)

@@ -1,0 +1,111 @@
+"""`hyinf profile`: measure this device, store the measurements, fit and store its cost model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from hyinf.graph.geometry import OcclusionGrid, position_blocks
+from hyinf.plans_db import Database
+from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, CostModel, LearnedCosts
+from hyinf.profiler.fitting import FitReport, evaluate, fit
+from hyinf.profiler.machine import DeviceFingerprint, fingerprint
+from hyinf.profiler.measure import measure_program
+from hyinf.profiler.sample import Sample
+from hyinf.profiler.sweep import run_sweep, sample_configs
+from hyinf.runtime.program import TorchProgram
+
+#: (configurations, repeats) of the sweep.
+QUICK = (400, 3)
+FULL = (2000, 5)
+MODEL_POSITIONS = 32
+STORE_EVERY = 25  # configurations per database transaction
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """A model's layers to time as well, at given occlusion settings."""
+
+    name: str
+    program: TorchProgram
+    grid: OcclusionGrid
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    device: DeviceFingerprint
+    threads: int
+    samples: int
+    noisy: int
+    seconds: float
+    run_id: int
+    cost_model_id: int
+    fit: FitReport
+
+
+def profile(
+    db: Database,
+    device: torch.device,
+    *,
+    quick: bool = False,
+    threads: int | None = None,
+    model: ModelTarget | None = None,
+    configs: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> ProfileReport:
+    """Sweep (and time `model`'s layers), store everything in `db`, refit the device's cost model.
+
+    The fit uses every finished run of this device and backend in the database, so repeated
+    profiles accumulate measurements. `progress(done, total)` is called after each configuration.
+    """
+    start = time.perf_counter()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    count, repeats = QUICK if quick else FULL
+    chosen = sample_configs(configs or count, seed)
+    fp = fingerprint(device)
+    device_id = db.device_id(fp)
+    settings: dict[str, object] = {"configs": len(chosen), "repeats": repeats, "seed": seed}
+    if model is not None:
+        settings["model"] = {"name": model.name, "image_size": list(model.grid.image_size), "patch": list(model.grid.patch), "stride": list(model.grid.stride)}
+    run_id = db.start_run(device_id, "torch", threads, quick, settings)
+    total = len(chosen) + (model is not None)
+    measured: list[Sample] = []
+    pending: list[Sample] = []
+    for done, samples in enumerate(run_sweep(chosen, device, repeats), 1):
+        pending += samples
+        if done % STORE_EVERY == 0 or done == len(chosen):
+            db.add_samples(run_id, pending)
+            measured += pending
+            pending = []
+        progress(done, total)
+    if model is not None:
+        # The largest block of positions: the window sizes most of the grid is evaluated at.
+        block = max(position_blocks(model.program.graph, model.grid), key=len)
+        samples = measure_program(model.program, block, positions=MODEL_POSITIONS, repeats=repeats, source="model", config=f"model:{model.name}")
+        db.add_samples(run_id, samples)
+        measured += samples
+        progress(total, total)
+    db.finish_run(run_id)
+    run_ids, everything = db.samples(device_id, "torch")
+    report = evaluate(everything, seed)
+    model_id = db.save_cost_model(device_id, "torch", FORMAT_VERSION, run_ids, fit(everything, seed).to_body(), report.to_json())
+    noisy = sum(s.timing.noisy for s in measured)
+    return ProfileReport(fp, threads, len(measured), noisy, time.perf_counter() - start, run_id, model_id, report)
+
+
+def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "torch") -> CostModel:
+    """The newest cost model fitted for this device and backend; the analytic model when none is stored
+    (or the stored one was made for other features), so planning always works."""
+    row = db.latest_cost_model(fp.key, backend) if db is not None else None
+    if row is not None and row.format_version == FORMAT_VERSION:
+        try:
+            return LearnedCosts.from_body(row.body)
+        except (ValueError, KeyError, TypeError):
+            pass  # made by another hyinf: fall back below
+    return AnalyticCosts.default(fp.kind)
