@@ -130,23 +130,24 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
 @main.command()
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True, help="Runtime backend to profile.")
-@click.option("--model", "model_spec", help="Also time this model's layers: demo, torchvision:NAME or a .pt2/TorchScript file.")
+@click.option("--model", "model_specs", multiple=True, help="Also time this model's layers (repeatable): demo, torchvision:NAME or a .pt2/TorchScript file.")
 @click.option("--image-size", nargs=2, type=int, help="Image size H W for --model (default: the model's usual size).")
 @click.option("--patch", default="16", show_default=True, help="Patch size for --model: N or HxW.")
 @click.option("--stride", default="8", show_default=True, help="Stride for --model: N or HxW.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Local state dict for torchvision:NAME.")
 @click.option("--quick", is_flag=True, help="A smaller sweep (under 2 minutes on a 2-core CPU).")
+@click.option("--configs", type=click.IntRange(min=1), help="Sweep this many operator configurations (default 2000, 400 with --quick).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads to time with (default: torch's default).")
 @click.option("--db", "db_url", help="Database URL or SQLite file (default: $HYINF_DB or the user data directory).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def profile(device: str, backend: str, model_spec: str | None, image_size: tuple[int, int] | None, patch: str, stride: str,
-            weights: Path | None, quick: bool, threads: int | None, db_url: str | None, quiet: bool) -> None:
+def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size: tuple[int, int] | None, patch: str, stride: str,
+            weights: Path | None, quick: bool, configs: int | None, threads: int | None, db_url: str | None, quiet: bool) -> None:
     """Measure this device's incremental, full and conversion costs and fit its cost model.
 
     Run once per machine (and after upgrading torch); plans for every model use the result.
 
-    Example: hyinf profile --device cpu --quick --model torchvision:resnet18
+    Example: hyinf profile --device cpu --model torchvision:resnet18 --model torchvision:vgg16
     """
     from tqdm import tqdm
 
@@ -160,18 +161,18 @@ def profile(device: str, backend: str, model_spec: str | None, image_size: tuple
 
     dev = resolve_device(device)
     db = Database(db_url)
-    target = None
-    if model_spec is not None:
-        loaded = load_model(model_spec, weights)
+    targets = []
+    for spec in model_specs:
+        loaded = load_model(spec, weights)
         size = tuple(image_size) if image_size else loaded.image_size
         program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
-        target = ModelTarget(model_spec, program, OcclusionGrid.make(size, _pair(patch), _pair(stride)))  # type: ignore[arg-type]
+        targets.append(ModelTarget(spec, program, OcclusionGrid.make(size, _pair(patch), _pair(stride))))  # type: ignore[arg-type]
     with tqdm(desc="profiling", unit="config", disable=quiet or not sys.stderr.isatty(), leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = run_profile(db, dev, quick=quick, threads=threads, model=target, progress=progress)
+        report = run_profile(db, dev, quick=quick, threads=threads, models=targets, configs=configs, progress=progress)
     fit = report.fit
     click.echo(f"device: {report.device.description}; {report.threads} threads; backend {backend}")
     click.echo(f"measured {report.samples} costs in {report.seconds:.0f} s (run {report.run_id})")
@@ -182,9 +183,11 @@ def profile(device: str, backend: str, model_spec: str | None, image_size: tuple
     click.echo(f"  {'model':<24} {'median abs. % error':>20} {'rank correlation':>17}")
     for name, acc in (("learned", fit.learned), ("analytic FLOP/byte", fit.analytic)):
         click.echo(f"  {name:<24} {acc.mape:>19.1%} {acc.spearman:>17.3f}")
-    if fit.ranking is not None:
-        agree, nodes = fit.ranking
-        click.echo(f"incremental-vs-full ranking of profiled model layers: {agree}/{nodes} agree with measurement ({agree / max(nodes, 1):.0%})")
+    if fit.ranking is not None and fit.ranking_sweep_only is not None:
+        click.echo("incremental-vs-full choice on the model's layers not fitted to (agree / agree or measured tie within 10%):")
+        for name, r in (("fitted to the other layers", fit.ranking), ("fitted to the sweep alone", fit.ranking_sweep_only)):
+            click.echo(f"  {name:<27} {r.agree}/{r.nodes} ({r.agree / max(r.nodes, 1):.0%}) / {r.agree + r.ties}/{r.nodes} "
+                       f"({(r.agree + r.ties) / max(r.nodes, 1):.0%})")
     click.echo(f"cost model {report.cost_model_id} saved in {db.url}")
 
 

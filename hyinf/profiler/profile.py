@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,12 +52,12 @@ def profile(
     *,
     quick: bool = False,
     threads: int | None = None,
-    model: ModelTarget | None = None,
+    models: Sequence[ModelTarget] = (),
     configs: int | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> ProfileReport:
-    """Sweep (and time `model`'s layers), store everything in `db`, refit the device's cost model.
+    """Sweep (and time each model's layers), store everything in `db`, refit the device's cost model.
 
     The fit uses every finished run of this device and backend in the database, so repeated
     profiles accumulate measurements. `progress(done, total)` is called after each configuration.
@@ -71,10 +71,11 @@ def profile(
     fp = fingerprint(device)
     device_id = db.device_id(fp)
     settings: dict[str, object] = {"configs": len(chosen), "repeats": repeats, "seed": seed}
-    if model is not None:
-        settings["model"] = {"name": model.name, "image_size": list(model.grid.image_size), "patch": list(model.grid.patch), "stride": list(model.grid.stride)}
+    settings["models"] = [
+        {"name": m.name, "image_size": list(m.grid.image_size), "patch": list(m.grid.patch), "stride": list(m.grid.stride)} for m in models
+    ]
     run_id = db.start_run(device_id, "torch", threads, quick, settings)
-    total = len(chosen) + (model is not None)
+    total = len(chosen) + len(models)
     measured: list[Sample] = []
     pending: list[Sample] = []
     for done, samples in enumerate(run_sweep(chosen, device, repeats), 1):
@@ -84,13 +85,13 @@ def profile(
             measured += pending
             pending = []
         progress(done, total)
-    if model is not None:
+    for done, model in enumerate(models, len(chosen) + 1):
         # The largest block of positions: the window sizes most of the grid is evaluated at.
         block = max(position_blocks(model.program.graph, model.grid), key=len)
         samples = measure_program(model.program, block, positions=MODEL_POSITIONS, repeats=repeats, source="model", config=f"model:{model.name}")
         db.add_samples(run_id, samples)
         measured += samples
-        progress(total, total)
+        progress(done, total)
     db.finish_run(run_id)
     run_ids, everything = db.samples(device_id, "torch")
     report = evaluate(everything, seed)

@@ -47,8 +47,8 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("op", sa.String(32), nullable=False),
         sa.Column("features", sa.JSON, nullable=False),
-        sa.Column("median_s", sa.Float, nullable=False),
-        sa.Column("spread", sa.Float, nullable=False),
+        sa.Column("median_s", sa.Double, nullable=False),
+        sa.Column("spread", sa.Double, nullable=False),
         sa.Column("times", sa.JSON, nullable=False),
     )
     op.create_table(
