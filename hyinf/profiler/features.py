@@ -94,8 +94,6 @@ def choice_nodes(graph: Graph, regions: dict[str, Region]) -> list[Node]:
     """Nodes whose mode a plan can choose: changed locally (or a global average pool of such a node)."""
     out = []
     for node in graph.nodes:
-        if node.op is Op.INPUT:
-            continue
         if regions[node.name].change is Change.LOCAL and node.spatial is not None:
             out.append(node)
         elif node.op is Op.GLOBAL_AVG_POOL and regions[node.inputs[0]].change is Change.LOCAL:

@@ -1,0 +1,91 @@
+"""Predicted costs of every node in each mode, and of the conversions between modes, for one block of
+positions: the input planners optimise over. Pure given the cost model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hyinf.graph.geometry import Change, Region
+from hyinf.graph.ir import Graph
+from hyinf.planner.plan import Mode, Plan
+from hyinf.profiler.cost_model import CostModel, sample_op
+from hyinf.profiler.features import choice_nodes, node_features
+
+
+@dataclass(frozen=True)
+class NodeCosts:
+    """Seconds per position. `incremental` is None for nodes that must be evaluated fully."""
+
+    full: float
+    incremental: float | None = None
+    to_full: float = 0.0  # pasting its windows into whole maps, once, when a full consumer reads it
+    to_win: float = 0.0  # cutting windows from its whole maps, per incremental consumer
+
+
+@dataclass(frozen=True)
+class GraphCosts:
+    """Costs of the nodes the patch changes; unchanged nodes cost nothing in any plan."""
+
+    nodes: Mapping[str, NodeCosts]
+    must_follow: Mapping[str, str]  # node -> input it can only be incremental with (global average pools)
+
+    def choosable(self, name: str) -> bool:
+        """Whether the node can be evaluated incrementally at all (a pool only after a choosable input)."""
+        if self.nodes[name].incremental is None:
+            return False
+        follows = self.must_follow.get(name)
+        return follows is None or (follows in self.nodes and self.choosable(follows))
+
+
+def predict_costs(graph: Graph, regions: dict[str, Region], model: CostModel, positions: int = 32) -> GraphCosts:
+    """Per-position costs of every changed node under `model`, for calls of `positions` positions."""
+    choice = {n.name for n in choice_nodes(graph, regions)}
+    out: dict[str, NodeCosts] = {}
+    follow: dict[str, str] = {}
+
+    def predict(node_name: str, kind: str) -> float:
+        node = graph[node_name]
+        features = node_features(graph, node, regions, kind, positions)
+        return float(model.predict(kind, sample_op(node.op.value, node.fn), [features])[0]) / positions
+
+    for node in graph.nodes:
+        change = regions[node.name].change
+        if change is Change.UNCHANGED:
+            continue
+        if node.name not in choice:
+            out[node.name] = NodeCosts(predict(node.name, "full"))
+            continue
+        local = change is Change.LOCAL
+        out[node.name] = NodeCosts(
+            full=predict(node.name, "full"),
+            incremental=predict(node.name, "incremental"),
+            to_full=predict(node.name, "to_full") if local else 0.0,
+            to_win=predict(node.name, "to_win") if local else 0.0,
+        )
+        if not local:  # a global average pool: updated from its input's windows only
+            follow[node.name] = node.inputs[0]
+    return GraphCosts(out, follow)
+
+
+def plan_cost(graph: Graph, costs: GraphCosts, plan: Plan) -> float:
+    """Predicted seconds per position of `plan`: node costs, plus a paste for every incremental node
+    some full node reads, plus a cut for every full-to-incremental edge."""
+    def mode(name: str) -> Mode:
+        if not costs.choosable(name):
+            return Mode.FULL
+        if name in costs.must_follow and mode(costs.must_follow[name]) is Mode.FULL:
+            return Mode.FULL
+        return plan.mode(name)
+
+    modes = {name: mode(name) for name in costs.nodes}
+    total = 0.0
+    for name, c in costs.nodes.items():
+        total += c.incremental if modes[name] is Mode.INCREMENTAL and c.incremental is not None else c.full
+        consumers = [v for v in graph.consumers[name] if v in modes]
+        if modes[name] is Mode.INCREMENTAL:
+            if any(modes[v] is Mode.FULL for v in consumers):
+                total += c.to_full
+        else:
+            total += c.to_win * sum(modes[v] is Mode.INCREMENTAL and costs.choosable(v) for v in consumers)
+    return total
