@@ -1,9 +1,11 @@
 """hyinf: fast, exact occlusion-based explanations of CNN predictions."""
 
-from hyinf.compat import Occlusion
-from hyinf.errors import HyinfError
-from hyinf.explain import Explanation, explain
-from hyinf.planner.plan import Mode, Plan
+__version__ = "0.1.0"  # first: modules imported below read it
 
-__all__ = ["Explanation", "HyinfError", "Mode", "Occlusion", "Plan", "explain"]
-__version__ = "0.1.0"
+from hyinf.compat import Occlusion  # noqa: E402
+from hyinf.errors import HyinfError  # noqa: E402
+from hyinf.explain import Explanation, explain  # noqa: E402
+from hyinf.planner.document import PlanDocument  # noqa: E402
+from hyinf.planner.plan import Mode, Plan  # noqa: E402
+
+__all__ = ["Explanation", "HyinfError", "Mode", "Occlusion", "Plan", "PlanDocument", "explain"]

@@ -23,3 +23,11 @@ class CaptumArgumentError(SettingsError, AssertionError):
     Also an AssertionError, because captum.attr.Occlusion raises AssertionError for these and code
     written against captum may catch it.
     """
+
+
+class PlanError(HyinfError):
+    """A plan file or stored plan that is malformed, of an unknown version, or made for another model."""
+
+
+class PlanWarning(UserWarning):
+    """A plan used where it may be slower than planned (made for another device)."""

@@ -12,10 +12,14 @@ from torch import nn
 from tqdm import tqdm
 
 from hyinf.errors import HyinfError, ModelError, SettingsError
-from hyinf.graph.geometry import OcclusionGrid, changed_regions, position_blocks
+from hyinf.graph.geometry import OcclusionGrid, position_blocks
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.plan import Plan
-from hyinf.planner.rule import threshold_plan
+from hyinf.planner.document import PlanDocument
+from hyinf.planner.select import choose_plan
+from hyinf.plans_db import Database
+from hyinf.plans_db.location import existing_database
+from hyinf.profiler.machine import fingerprint
 from hyinf.runtime.budget import batch_size_for, bytes_per_position
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
@@ -74,16 +78,25 @@ def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
     return flat[:, target]
 
 
-def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | None) -> BlockedEngine:
-    """The engine for `mode` ("hybrid", "incremental" or "full"), or for `plan` when one is given."""
-    unknown = sorted(set(plan.modes) - set(program.graph.by_name)) if plan is not None else []
-    if unknown:
-        raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
-    blocks = position_blocks(program.graph, grid)
-    if plan is not None or mode != "hybrid":
+def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | PlanDocument | None = None, *,
+                   db: str | None = None, model_name: str = "") -> BlockedEngine:
+    """The engine for `mode` ("hybrid", "incremental" or "full"), or for `plan` when one is given.
+
+    A hybrid run without a plan uses the plan stored for this model structure, grid and device in
+    the plans database (`db`, else $HYINF_DB, else the user's database if it exists), or plans now
+    with the device's cost model.
+    """
+    if isinstance(plan, Plan):
+        unknown = sorted(set(plan.modes) - set(program.graph.by_name))
+        if unknown:
+            raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
+    if isinstance(plan, Plan) or (plan is None and mode != "hybrid"):
         fixed = plan or Plan.uniform(mode)
-        return BlockedEngine(program, grid, [(block, fixed) for block in blocks])
-    return BlockedEngine(program, grid, [(block, threshold_plan(program.graph, changed_regions(program.graph, block))) for block in blocks])
+        return BlockedEngine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)])
+    url = existing_database(db)
+    database = Database(url) if url is not None else None
+    chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name)
+    return BlockedEngine(program, grid, chosen.blocks, source=chosen.source)
 
 
 def collect_scores(
@@ -129,7 +142,8 @@ def explain(
     stride: int | tuple[int, int] = 8,
     patch_value: float | torch.Tensor = 0.0,
     mode: str = "hybrid",
-    plan: Plan | None = None,
+    plan: Plan | PlanDocument | None = None,
+    db: str | None = None,
     backend: str = "torch",
     device: str | torch.device = "cpu",
     output: str = "raw",
@@ -140,8 +154,10 @@ def explain(
     """Occlusion heatmap of `image` under `model`, equal to naive re-inference of every occluded image.
 
     `mode` picks the evaluation: "naive" re-runs the model per occluded image, "full" and
-    "incremental" evaluate every node of hyinf's graph that way, "hybrid" chooses per node; a
-    `plan` (a mode per node) overrides the choice. `patch_value` is a scalar or one value per
+    "incremental" evaluate every node of hyinf's graph that way, "hybrid" follows a plan: the one
+    stored in the plans database `db` for this model structure, settings and device, else one made
+    now with the device's cost model. `plan` (a `Plan`, a mode per node, or a `PlanDocument` read
+    from a plan file) overrides the choice. `patch_value` is a scalar or one value per
     channel, in the model's input space. `output="softmax"` scores class probabilities instead of raw outputs. Positions are evaluated
     `batch_size` at a time, by default as many as fit in `max_memory` bytes.
     """
@@ -175,8 +191,8 @@ def explain(
         else:
             program = trace_torch(model, tuple(batch.shape), dev)
             timings["trace_s"] = time.perf_counter() - clock
-            engine = compile_engine(program, grid, mode, plan)
-            strategy = engine.strategy
+            engine = compile_engine(program, grid, mode, plan, db=db)
+            strategy = engine.strategy if not engine.source else f"{engine.strategy}, {engine.source}"
             node_modes = engine.node_modes
             size = batch_size_for(bytes_per_position(engine), len(grid), max_memory, batch_size)
             timings["compile_s"] = time.perf_counter() - clock - timings["trace_s"]

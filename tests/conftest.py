@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Iterator
 
+import pytest
 import torch
 
 import hyinf
 from hyinf.graph.geometry import OcclusionGrid, changed_regions
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.plan import Mode, Plan
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_plans_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Hybrid runs read plans and cost models from a database: never the user's, in tests."""
+    old = os.environ.get("HYINF_DB")
+    os.environ["HYINF_DB"] = str(tmp_path_factory.mktemp("db") / "hyinf.db")
+    yield
+    if old is None:
+        os.environ.pop("HYINF_DB", None)
+    else:
+        os.environ["HYINF_DB"] = old
+
 
 #: float32 results must agree with naive re-inference to this fraction of the score scale.
 RELATIVE_TOLERANCE = 1e-4

@@ -83,10 +83,20 @@ def test_ranking_agreement_counts_nodes() -> None:
                 Sample("model", f"m/{node}", "full", "conv/conv", features, Timing((full,)))]
 
     class Fixed:  # predicts incremental cheaper than full, always
-        def predict(self, kind: str, op: str, features: list) -> np.ndarray:
-            return np.full(len(features), 1.0 if kind == "incremental" else 2.0)
+        def predict(self, rows: list) -> np.ndarray:
+            return np.array([1.0 if kind == "incremental" else 2.0 for kind, _, _ in rows])
 
     samples = pair("a", 1.0, 3.0) + pair("b", 5.0, 3.0) + pair("c", 0.5, 0.6)
     assert ranking_agreement(Fixed(), samples) == Ranking(2, 0, 3)
     near = pair("d", 1.05, 1.0)  # a 5% difference: a tie, either choice is right
     assert ranking_agreement(Fixed(), samples + near) == Ranking(2, 1, 4)
+
+
+def test_unseen_operations_get_the_analytic_estimate() -> None:
+    samples = _synthetic(200, op_factors=True)
+    model = LearnedCosts.fit(samples)
+    features = samples[0].features
+    rows = [("full", "opaque/never_profiled", features), ("incremental", "pointwise/sigmoid", features)]
+    predicted = model.predict(rows)
+    assert predicted[0] == model.analytic.predict(rows[:1])[0]
+    assert predicted[1] != model.analytic.predict(rows[1:])[0]

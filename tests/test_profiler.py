@@ -92,8 +92,8 @@ def test_profile_command_end_to_end(tmp_path: Path) -> None:
     info = CliRunner().invoke(main, ["db", "info", "--db", url])
     assert info.exit_code == 0 and "1 cost models" in info.output and "schema revision" in info.output
     db = Database(url)
-    costs = device_costs(db, fingerprint(CPU))
-    assert isinstance(costs, LearnedCosts)
+    costs, info = device_costs(db, fingerprint(CPU))
+    assert isinstance(costs, LearnedCosts) and info == {"kind": "learned", "id": 1}
     # Profiling again adds measurements and refits from both runs.
     again = CliRunner().invoke(main, ["profile", "--configs", "4", "--db", url, "--quiet"])
     assert again.exit_code == 0, again.output
@@ -103,12 +103,12 @@ def test_profile_command_end_to_end(tmp_path: Path) -> None:
 
 def test_planning_costs_work_without_a_profile(tmp_path: Path) -> None:
     fp = fingerprint(CPU)
-    assert isinstance(device_costs(None, fp), AnalyticCosts)
+    assert isinstance(device_costs(None, fp)[0], AnalyticCosts)
     db = Database(str(tmp_path / "empty.db"))
-    assert isinstance(device_costs(db, fp), AnalyticCosts)
+    assert isinstance(device_costs(db, fp)[0], AnalyticCosts)
     device = db.device_id(fp)
     db.save_cost_model(device, "torch", 1, [], {"features": ["something else"]}, {})
-    assert isinstance(device_costs(db, fp), AnalyticCosts)  # made by another version: not used, not a crash
+    assert isinstance(device_costs(db, fp)[0], AnalyticCosts)  # made by another version: not used, not a crash
     with db.session() as s:
         assert s.query(CostModelRow).count() == 1
 

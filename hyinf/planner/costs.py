@@ -3,13 +3,13 @@ positions: the input planners optimise over. Pure given the cost model."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hyinf.graph.geometry import Change, Region
 from hyinf.graph.ir import Graph
 from hyinf.planner.plan import Mode, Plan
-from hyinf.profiler.cost_model import CostModel, sample_op
+from hyinf.profiler.cost_model import CostModel, Row, sample_op
 from hyinf.profiler.features import choice_nodes, node_features
 
 
@@ -38,34 +38,40 @@ class GraphCosts:
         return follows is None or (follows in self.nodes and self.choosable(follows))
 
 
-def predict_costs(graph: Graph, regions: dict[str, Region], model: CostModel, positions: int = 32) -> GraphCosts:
-    """Per-position costs of every changed node under `model`, for calls of `positions` positions."""
-    choice = {n.name for n in choice_nodes(graph, regions)}
-    out: dict[str, NodeCosts] = {}
-    follow: dict[str, str] = {}
-
-    def predict(node_name: str, kind: str) -> float:
-        node = graph[node_name]
-        features = node_features(graph, node, regions, kind, positions)
-        return float(model.predict(kind, sample_op(node.op.value, node.fn), [features])[0]) / positions
-
-    for node in graph.nodes:
-        change = regions[node.name].change
-        if change is Change.UNCHANGED:
-            continue
-        if node.name not in choice:
-            out[node.name] = NodeCosts(predict(node.name, "full"))
-            continue
-        local = change is Change.LOCAL
-        out[node.name] = NodeCosts(
-            full=predict(node.name, "full"),
-            incremental=predict(node.name, "incremental"),
-            to_full=predict(node.name, "to_full") if local else 0.0,
-            to_win=predict(node.name, "to_win") if local else 0.0,
-        )
-        if not local:  # a global average pool: updated from its input's windows only
-            follow[node.name] = node.inputs[0]
-    return GraphCosts(out, follow)
+def predict_costs(graph: Graph, blocks: Sequence[dict[str, Region]], model: CostModel, positions: int = 32) -> list[GraphCosts]:
+    """Per-position costs of every changed node under `model`, for each block's regions, assuming calls
+    of `positions` positions. All rows go to the model in one call (tree models predict in bulk)."""
+    rows: list[Row] = []
+    wanted: list[list[tuple[str, tuple[str, ...]]]] = []  # per block: (node, kinds), in row order
+    for regions in blocks:
+        choice = {n.name for n in choice_nodes(graph, regions)}
+        items = []
+        for node in graph.nodes:
+            change = regions[node.name].change
+            if change is Change.UNCHANGED:
+                continue
+            if node.name not in choice:
+                kinds: tuple[str, ...] = ("full",)
+            elif change is Change.LOCAL:
+                kinds = ("full", "incremental", "to_full", "to_win")
+            else:
+                kinds = ("full", "incremental")
+            op = sample_op(node.op.value, node.fn)
+            rows += [(kind, op, node_features(graph, node, regions, kind, positions)) for kind in kinds]
+            items.append((node.name, kinds))
+        wanted.append(items)
+    seconds = iter((model.predict(rows) / positions).tolist())
+    out = []
+    for items in wanted:
+        nodes: dict[str, NodeCosts] = {}
+        follow: dict[str, str] = {}
+        for name, kinds in items:
+            c = dict(zip(kinds, (next(seconds) for _ in kinds)))
+            nodes[name] = NodeCosts(c["full"], c.get("incremental"), c.get("to_full", 0.0), c.get("to_win", 0.0))
+            if kinds == ("full", "incremental"):  # a global average pool: updated from its input's windows only
+                follow[name] = graph[name].inputs[0]
+        out.append(GraphCosts(nodes, follow))
+    return out
 
 
 def plan_cost(graph: Graph, costs: GraphCosts, plan: Plan) -> float:

@@ -205,6 +205,37 @@ class Database:
                 select(CostModelRow).join(Device).where(Device.key == device_key, CostModelRow.backend == backend).order_by(CostModelRow.id.desc())
             )
 
+    # ---- plans ---------------------------------------------------------------------------------
+
+    def save_plan(self, model_fingerprint: str, settings_key: str, device: DeviceFingerprint, cost_model_id: int | None, body: dict[str, Any]) -> int:
+        device_id = self.device_id(device)
+        with self.session() as s:
+            row = PlanRow(model_fingerprint=model_fingerprint, settings_key=settings_key, device_id=device_id, cost_model_id=cost_model_id, body=body)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def find_plan(self, model_fingerprint: str, settings_key: str, device_key: str) -> PlanRow | None:
+        """The newest plan for this model structure, these settings and this device."""
+        with self.session() as s:
+            return s.scalar(
+                select(PlanRow).join(Device).where(
+                    PlanRow.model_fingerprint == model_fingerprint, PlanRow.settings_key == settings_key, Device.key == device_key
+                ).order_by(PlanRow.id.desc())
+            )
+
+    def plan(self, plan_id: int) -> PlanRow | None:
+        with self.session() as s:
+            return s.get(PlanRow, plan_id)
+
+    def plans(self) -> list[PlanRow]:
+        with self.session() as s:
+            return list(s.scalars(select(PlanRow).order_by(PlanRow.id)))
+
+    def cost_model(self, model_id: int) -> CostModelRow | None:
+        with self.session() as s:
+            return s.get(CostModelRow, model_id)
+
     # ---- overview ------------------------------------------------------------------------------
 
     def summary(self) -> Summary:

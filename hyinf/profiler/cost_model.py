@@ -16,7 +16,6 @@ numpy alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,7 +29,7 @@ from hyinf.graph.ir import Op
 from hyinf.profiler.features import NUMERIC, log_features
 from hyinf.profiler.sample import KINDS, Sample
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Default analytic constants (overhead s, s per FLOP, s per byte) when a device was never profiled.
 DEFAULTS = {
@@ -39,9 +38,12 @@ DEFAULTS = {
 }
 
 
+Row = tuple[str, str, Mapping[str, float]]  # (kind of work, operation, features)
+
+
 class CostModel(Protocol):
-    def predict(self, kind: str, op: str, features: Sequence[Mapping[str, float]]) -> np.ndarray:
-        """Seconds for each feature row, all of one kind of work (see `hyinf.profiler.sample.KINDS`)."""
+    def predict(self, rows: Sequence[Row]) -> np.ndarray:
+        """Seconds for each row (kinds: `hyinf.profiler.sample.KINDS`; operations: `sample_op`)."""
         ...
 
 
@@ -70,9 +72,8 @@ class AnalyticCosts:
             coefficients[kind] = tuple(float(v) for v in x / scale)
         return cls(coefficients)
 
-    def predict(self, kind: str, op: str, features: Sequence[Mapping[str, float]]) -> np.ndarray:
-        overhead, per_flop, per_byte = self.coefficients[kind]
-        out = np.array([overhead + per_flop * f["flops"] + per_byte * f["bytes"] for f in features])
+    def predict(self, rows: Sequence[Row]) -> np.ndarray:
+        out = np.array([sum(c * v for c, v in zip(self.coefficients[kind], (1.0, f["flops"], f["bytes"]))) for kind, _, f in rows])
         return np.maximum(out, 1e-7)
 
     def to_body(self) -> dict[str, Any]:
@@ -90,11 +91,14 @@ def sample_op(category: str, fn: str) -> str:
     return f"{category}/{fn}"
 
 
-def design_matrix(kind: str, op: str, features: Sequence[Mapping[str, float]]) -> np.ndarray:
-    """Log-scaled numeric features with one-hot kind, IR category and function, one row per sample."""
-    category, _, fn = op.partition("/")
-    one_hot = [float(kind == k) for k in KINDS] + [float(category == o) for o in OPS] + [float(fn == f) for f in FUNCTIONS]
-    return np.array([log_features(dict(f)) + one_hot for f in features], dtype=np.float64)
+def design_matrix(rows: Sequence[Row]) -> np.ndarray:
+    """Log-scaled numeric features with one-hot kind, IR category and function, one row per row."""
+    out = []
+    for kind, op, f in rows:
+        category, _, fn = op.partition("/")
+        one_hot = [float(kind == k) for k in KINDS] + [float(category == o) for o in OPS] + [float(fn == x) for x in FUNCTIONS]
+        out.append(log_features(dict(f)) + one_hot)
+    return np.array(out, dtype=np.float64).reshape(len(out), -1)
 
 
 @dataclass(frozen=True)
@@ -125,33 +129,36 @@ class LearnedCosts:
     init: float
     learning_rate: float
     trees: tuple[_Tree, ...]
+    seen: frozenset[tuple[str, str]]  # (kind, operation) pairs fitted to; others get the analytic estimate
     name: str = "learned (boosted trees)"
 
     @classmethod
     def fit(cls, samples: Sequence[Sample], seed: int = 0) -> LearnedCosts:
         analytic = AnalyticCosts.fit(samples)
-        x, residual = [], []
-        for s in samples:
-            x.append(design_matrix(s.kind, s.op, [s.features])[0])
-            residual.append(math.log(s.timing.median) - math.log(analytic.predict(s.kind, s.op, [s.features])[0]))
+        rows = rows_of(samples)
+        x = design_matrix(rows)
+        residual = np.log([s.timing.median for s in samples]) - np.log(analytic.predict(rows))
         # Huber loss: timings on a shared machine have outliers. Depth and count chosen on held-out sweep data.
         gbr = GradientBoostingRegressor(loss="huber", alpha=0.8, n_estimators=600, max_depth=6, learning_rate=0.05, subsample=0.8, min_samples_leaf=3, random_state=seed)
-        gbr.fit(np.array(x), np.array(residual))
+        gbr.fit(x, residual)
         trees = tuple(
             _Tree(t.children_left.copy(), t.children_right.copy(), t.feature.copy(), t.threshold.copy(), t.value[:, 0, 0].copy())
             for t in (e[0].tree_ for e in gbr.estimators_)
         )
-        return cls(analytic, float(np.ravel(gbr.init_.constant_)[0]), float(gbr.learning_rate), trees)
+        seen = frozenset((s.kind, s.op) for s in samples)
+        return cls(analytic, float(np.ravel(gbr.init_.constant_)[0]), float(gbr.learning_rate), trees, seen)
 
     def correction(self, x: np.ndarray) -> np.ndarray:
         """log(measured / analytic) predicted for design-matrix rows."""
         x32 = x.astype(np.float32).astype(np.float64)  # scikit-learn compares features as float32
         return self.init + self.learning_rate * sum(t.predict(x32) for t in self.trees)
 
-    def predict(self, kind: str, op: str, features: Sequence[Mapping[str, float]]) -> np.ndarray:
-        if not features:
+    def predict(self, rows: Sequence[Row]) -> np.ndarray:
+        if not rows:
             return np.zeros(0)
-        return self.analytic.predict(kind, op, features) * np.exp(self.correction(design_matrix(kind, op, features)))
+        known = np.array([(kind, op) in self.seen for kind, op, _ in rows])
+        # Trees say nothing reliable about operations they never saw: keep the analytic estimate there.
+        return self.analytic.predict(rows) * np.exp(np.where(known, self.correction(design_matrix(rows)), 0.0))
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -162,6 +169,7 @@ class LearnedCosts:
             "analytic": self.analytic.to_body(),
             "init": self.init,
             "learning_rate": self.learning_rate,
+            "seen": sorted([kind, op] for kind, op in self.seen),
             "trees": [
                 {"left": t.left.tolist(), "right": t.right.tolist(), "feature": t.feature.tolist(), "threshold": t.threshold.tolist(), "value": t.value.tolist()}
                 for t in self.trees
@@ -181,18 +189,17 @@ class LearnedCosts:
             )
             for t in body["trees"]
         )
-        return cls(analytic, float(body["init"]), float(body["learning_rate"]), trees)
+        seen = frozenset((str(kind), str(op)) for kind, op in body["seen"])
+        return cls(analytic, float(body["init"]), float(body["learning_rate"]), trees, seen)
+
+
+def rows_of(samples: Sequence[Sample]) -> list[Row]:
+    return [(s.kind, s.op, s.features) for s in samples]
 
 
 def predict_samples(model: CostModel, samples: Sequence[Sample]) -> np.ndarray:
     """The model's prediction for every sample, in order."""
-    out = np.zeros(len(samples))
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault((s.kind, s.op), []).append(i)
-    for (kind, op), idx in groups.items():
-        out[idx] = model.predict(kind, op, [samples[i].features for i in idx])
-    return out
+    return model.predict(rows_of(samples))
 
 
 @dataclass(frozen=True)

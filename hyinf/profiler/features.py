@@ -48,10 +48,11 @@ def node_features(graph: Graph, node: Node, regions: dict[str, Region], kind: st
     """
     src = _spatial_input(graph, node)
     region = regions[node.name]
-    in_channels = _channels(src) if src is not None else node.numel
-    in_map = _area(src) if src is not None else 1
     out_channels = _channels(node)
     out_map = _area(node) if node.spatial is not None else 1
+    # The image input reads the clean image's window (incremental) or whole image (full).
+    in_channels = _channels(src) if src is not None else out_channels
+    in_map = _area(src) if src is not None else out_map
     if node.op is Op.GLOBAL_AVG_POOL and src is not None:  # its incremental form reads the input's window
         src_region = regions[src.name]
         window = src_region.window_area if src_region.change is Change.LOCAL else in_map

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from hyinf.errors import SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
 from hyinf.plans_db import Database
 from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, CostModel, LearnedCosts
@@ -100,13 +102,19 @@ def profile(
     return ProfileReport(fp, threads, len(measured), noisy, time.perf_counter() - start, run_id, model_id, report)
 
 
-def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "torch") -> CostModel:
-    """The newest cost model fitted for this device and backend; the analytic model when none is stored
-    (or the stored one was made for other features), so planning always works."""
-    row = db.latest_cost_model(fp.key, backend) if db is not None else None
-    if row is not None and row.format_version == FORMAT_VERSION:
-        try:
-            return LearnedCosts.from_body(row.body)
-        except (ValueError, KeyError, TypeError):
-            pass  # made by another hyinf: fall back below
-    return AnalyticCosts.default(fp.kind)
+def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "torch", model_id: int | None = None) -> tuple[CostModel, dict[str, Any]]:
+    """The cost model to plan with, and what it is: stored model `model_id`, else the newest fitted for this
+    device and backend, else the analytic model with default constants, so planning always works.
+    A stored model made for other features is skipped, never misread."""
+    if db is not None:
+        row = db.cost_model(model_id) if model_id is not None else db.latest_cost_model(fp.key, backend)
+        if model_id is not None and row is None:
+            raise SettingsError(f"the database has no cost model {model_id}; `hyinf db info` lists them")
+        if row is not None and row.format_version == FORMAT_VERSION:
+            try:
+                return LearnedCosts.from_body(row.body), {"kind": "learned", "id": row.id}
+            except (ValueError, KeyError, TypeError):
+                pass
+        if model_id is not None:
+            raise SettingsError(f"cost model {model_id} was made by another hyinf version; run `hyinf profile` again")
+    return AnalyticCosts.default(fp.kind), {"kind": "analytic", "id": None}

@@ -354,8 +354,8 @@ class BlockedEngine:
     """The whole grid as blocks of positions with similar changed regions, each with its own engine
     (and plan: a node may be worth evaluating incrementally in one block and fully in another)."""
 
-    def __init__(self, program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]]) -> None:
-        self.program, self.grid = program, grid
+    def __init__(self, program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str = "") -> None:
+        self.program, self.grid, self.source = program, grid, source  # source: where the plans came from
         self.engines = [Engine(program, block, plan) for block, plan in blocks]
 
     @property

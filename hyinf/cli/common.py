@@ -1,0 +1,48 @@
+"""What every command shares: one-line user errors and warnings, option parsing."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from hyinf.errors import HyinfError, PlanWarning
+
+DB_HELP = "Database URL or SQLite file (default: $HYINF_DB or the user data directory)."
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """hyinf's own errors become one line and a non-zero exit; plan warnings one line each."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PlanWarning)
+            try:
+                return fn(*args, **kwargs)
+            except HyinfError as e:
+                raise click.ClickException(str(e)) from e
+            finally:
+                for w in caught:
+                    if issubclass(w.category, PlanWarning):
+                        click.echo(f"warning: {w.message}", err=True)
+                    else:
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+    return wrapper
+
+
+def pair(value: str) -> int | tuple[int, int]:
+    """'16' -> 16, '16x8' -> (16, 8)."""
+    try:
+        parts = [int(p) for p in value.lower().split("x")]
+    except ValueError:
+        raise click.BadParameter(f"expected N or HxW, got {value!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise click.BadParameter(f"expected N or HxW, got {value!r}")

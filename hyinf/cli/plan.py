@@ -1,0 +1,166 @@
+"""`hyinf plan` and `hyinf plans`: make, inspect and share hybrid plans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hyinf.cli import main
+from hyinf.cli.common import DB_HELP, pair, user_errors
+
+
+@main.command()
+@click.argument("model")
+@click.option("--image-size", nargs=2, type=int, help="Image size H W (default: the model's usual size).")
+@click.option("--patch", default="16", show_default=True, help="Patch size in pixels: N or HxW.")
+@click.option("--stride", default="8", show_default=True, help="Stride in pixels: N or HxW.")
+@click.option("--device", default="cpu", show_default=True, help="Plan for this device's costs: cpu or cuda.")
+@click.option("--profile", "cost_model_id", type=int, help="Plan with this stored cost model (`hyinf db info` lists them).")
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option("--strategy", type=click.Choice(["optimal", "heuristic"]), default="optimal", show_default=True,
+              help="optimal: minimum cut over the whole graph; heuristic: one switch from incremental to full.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Local state dict for torchvision:NAME (the plan does not depend on it).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the plan to this JSON file.")
+@click.option("--explain", "explain_plan", is_flag=True, help="Print each node's costs and chosen mode.")
+@click.option("--db", "db_url", help=DB_HELP)
+@user_errors
+def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str, device: str, cost_model_id: int | None, backend: str,
+         strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None) -> None:
+    """Plan MODEL's hybrid evaluation and store the plan for `hyinf explain`.
+
+    MODEL is demo, torchvision:NAME, a torch.export (.pt2) or a TorchScript file.
+
+    Example: hyinf plan torchvision:resnet50 --patch 16 --stride 8 -o resnet50-plan.json --explain
+    """
+    import time
+
+    from hyinf.explain import resolve_device
+    from hyinf.graph.fingerprint import graph_fingerprint
+    from hyinf.graph.geometry import OcclusionGrid
+    from hyinf.graph.torch_frontend import trace_torch
+    from hyinf.models import load_model
+    from hyinf.planner.document import settings_key
+    from hyinf.planner.select import make_plan
+    from hyinf.plans_db import Database
+    from hyinf.profiler.machine import fingerprint
+
+    dev = resolve_device(device)
+    loaded = load_model(model, weights)
+    size = tuple(image_size) if image_size else loaded.image_size
+    program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
+    grid = OcclusionGrid.make(size, pair(patch), pair(stride))  # type: ignore[arg-type]
+    db = Database(db_url)
+    fp = fingerprint(dev)
+    start = time.perf_counter()
+    document = make_plan(program.graph, grid, fp, model_name=model, db=db, strategy=strategy, cost_model_id=cost_model_id, backend=backend)
+    seconds = time.perf_counter() - start
+    plan_id = db.save_plan(graph_fingerprint(program.graph), settings_key(document.settings), fp, document.body["cost_model"]["id"], dict(document.body))
+    if output is not None:
+        output.write_text(document.to_json())
+    if explain_plan:
+        _print_explanation(document.body)
+    predicted = document.body["predicted_s"]
+    source = document.body["cost_model"]
+    click.echo(f"plan {plan_id} for {model} ({size[0]}x{size[1]}, patch {patch}, stride {stride}) on {fp.description}, "
+               f"{strategy}, {source['kind']} cost model{' ' + str(source['id']) if source['id'] else ''}, planned in {seconds:.2f} s")
+    click.echo("predicted: " + ", ".join(f"{k} {v:.2f} s" for k, v in predicted.items()))
+    click.echo(f"saved in {db.url}" + (f" and {output}" if output else ""))
+
+
+def _print_explanation(body: dict) -> None:
+    """Per node of the largest block: changed window vs map, predicted costs, chosen mode, conversions."""
+    block = max(body["blocks"], key=lambda b: b["positions"])
+    click.echo(f"largest block: {block['positions']} of {sum(b['positions'] for b in body['blocks'])} positions; "
+               "costs in ms for all its positions")
+    click.echo(f"{'node':<28} {'op':<18} {'window / map':>15} {'incremental':>12} {'full':>10}  mode")
+    for node in body["nodes"]:
+        if node["change"] == "unchanged":
+            continue
+        window = f"{node['window'][0]}x{node['window'][1]}" if node["window"] else "-"
+        area = f"{node['map'][0]}x{node['map'][1]}" if node["map"] else "-"
+        costs = block.get("node_costs", {}).get(node["name"], {})
+        inc = f"{costs['incremental'] * 1e3:.2f}" if costs.get("incremental") is not None else "-"
+        full = f"{costs['full'] * 1e3:.2f}" if "full" in costs else "-"
+        mode = block["modes"].get(node["name"], "full")
+        converts = costs.get("converts", "")
+        click.echo(f"{node['name'][:28]:<28} {(node['fn'] or node['op'])[:18]:<18} {window + ' / ' + area:>15} {inc:>12} {full:>10}  {mode}{converts}")
+    click.echo("block totals (s): " + ", ".join(f"{k} {v:.3f}" for k, v in block["predicted_s"].items()))
+
+
+@main.group()
+def plans() -> None:
+    """Stored plans: list, show, export to a file, import from a file."""
+
+
+@plans.command("list")
+@click.option("--db", "db_url", help=DB_HELP)
+@user_errors
+def list_plans(db_url: str | None) -> None:
+    """Every stored plan.
+
+    Example: hyinf plans list
+    """
+    from hyinf.plans_db import Database
+
+    rows = Database(db_url).plans()
+    if not rows:
+        click.echo("no plans stored; make one with `hyinf plan MODEL`")
+    for row in rows:
+        body = row.body
+        s = body["settings"]
+        click.echo(f"{row.id:>4}  {body['model']['name']:<28} {s['image_size'][0]}x{s['image_size'][1]} patch {s['patch'][0]} stride {s['stride'][0]}  "
+                   f"{body['strategy']:<9} {body['device']['name'][:32]:<32} predicted {body['predicted_s']['plan']:.2f} s  {row.created_at:%Y-%m-%d %H:%M}")
+
+
+def _stored(db_url: str | None, plan_id: int) -> dict:
+    from hyinf.plans_db import Database
+
+    row = Database(db_url).plan(plan_id)
+    if row is None:
+        raise click.ClickException(f"no plan {plan_id} in the database; `hyinf plans list` shows the stored ones")
+    return row.body
+
+
+@plans.command()
+@click.argument("plan_id", type=int)
+@click.option("--db", "db_url", help=DB_HELP)
+@user_errors
+def show(plan_id: int, db_url: str | None) -> None:
+    """Print stored plan PLAN_ID as JSON.
+
+    Example: hyinf plans show 3
+    """
+    click.echo(json.dumps(_stored(db_url, plan_id), indent=1))
+
+
+@plans.command()
+@click.argument("plan_id", type=int)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="File to write.")
+@click.option("--db", "db_url", help=DB_HELP)
+@user_errors
+def export(plan_id: int, output: Path, db_url: str | None) -> None:
+    """Write stored plan PLAN_ID to a JSON file, for another machine or `hyinf explain --plan`.
+
+    Example: hyinf plans export 3 -o resnet50-plan.json
+    """
+    output.write_text(json.dumps(_stored(db_url, plan_id), indent=1))
+    click.echo(f"wrote plan {plan_id} to {output}")
+
+
+@plans.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--db", "db_url", help=DB_HELP)
+@user_errors
+def import_plan(file: Path, db_url: str | None) -> None:
+    """Store the plan in FILE, so `hyinf explain` finds it for its model, settings and device.
+
+    Example: hyinf plans import resnet50-plan.json
+    """
+    from hyinf.planner.document import PlanDocument, settings_key
+    from hyinf.plans_db import Database
+
+    document = PlanDocument.parse(file.read_bytes(), str(file))
+    plan_id = Database(db_url).save_plan(document.model_fingerprint, settings_key(document.settings), document.device, None, dict(document.body))
+    click.echo(f"imported {file} as plan {plan_id} ({document.body['model']['name']}, made for {document.device.description})")

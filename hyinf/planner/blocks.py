@@ -1,0 +1,44 @@
+"""Planning a whole occlusion grid: one plan per block of positions (blocks have different changed
+regions, so a node may be worth evaluating incrementally in one block and fully in another)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hyinf.graph.geometry import OcclusionGrid, changed_regions, position_blocks
+from hyinf.graph.ir import Graph
+from hyinf.planner.costs import GraphCosts, plan_cost, predict_costs
+from hyinf.planner.heuristic import single_switch_plan
+from hyinf.planner.optimal import optimal_plan
+from hyinf.planner.plan import Mode, Plan
+from hyinf.profiler.cost_model import CostModel
+
+Planner = Callable[[Graph, GraphCosts], Plan]
+STRATEGIES: dict[str, Planner] = {"optimal": optimal_plan, "heuristic": single_switch_plan}
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    block: OcclusionGrid
+    plan: Plan
+    costs: GraphCosts
+    predicted: dict[str, float]  # predicted seconds for the block's positions: plan, all-incremental, all-full, heuristic
+
+
+def plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str = "optimal") -> list[BlockPlan]:
+    """Plan every block of `grid` with `strategy` under `model`."""
+    planner = STRATEGIES[strategy]
+    blocks = position_blocks(graph, grid)
+    out = []
+    for block, costs in zip(blocks, predict_costs(graph, [changed_regions(graph, b) for b in blocks], model)):
+        plan = planner(graph, costs)
+        alternatives = {
+            "plan": plan,
+            "all-incremental": Plan.uniform(Mode.INCREMENTAL),
+            "all-full": Plan.uniform(Mode.FULL),
+            "heuristic": plan if strategy == "heuristic" else single_switch_plan(graph, costs),
+        }
+        predicted = {name: plan_cost(graph, costs, p) * len(block) for name, p in alternatives.items()}
+        out.append(BlockPlan(block, plan, costs, predicted))
+    return out

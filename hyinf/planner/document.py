@@ -1,0 +1,184 @@
+"""Plans as portable, versioned JSON documents.
+
+A document says what it was made for (the model's structural fingerprint, the occlusion settings,
+the device and the cost model), what it decides (a mode per node for every block of positions) and
+why (predicted costs of the plan and of the alternatives, each node's changed window). Loading
+checks all of it: nothing in a plan is executed, and a plan is never applied to a model or
+settings it was not made for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hyinf import __version__
+from hyinf.errors import PlanError, PlanWarning
+from hyinf.graph.fingerprint import graph_fingerprint
+from hyinf.graph.geometry import Change, OcclusionGrid, changed_regions
+from hyinf.graph.ir import Graph
+from hyinf.planner.blocks import BlockPlan
+from hyinf.planner.plan import Mode, Plan
+from hyinf.profiler.machine import DeviceFingerprint
+
+FORMAT = "hyinf-plan"
+SCHEMA_VERSION = 1
+FIX = "make a new one with `hyinf plan`"
+
+
+def settings_of(grid: OcclusionGrid, backend: str = "torch") -> dict[str, Any]:
+    return {"image_size": list(grid.image_size), "patch": list(grid.patch), "stride": list(grid.stride), "backend": backend}
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class PlanDocument:
+    body: Mapping[str, Any]  # the validated JSON document
+
+    @property
+    def model_fingerprint(self) -> str:
+        return str(self.body["model"]["fingerprint"])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.body["settings"])
+
+    @property
+    def device(self) -> DeviceFingerprint:
+        return DeviceFingerprint(**{k: self.body["device"][k] for k in DeviceFingerprint.__dataclass_fields__})
+
+    def to_json(self) -> str:
+        return json.dumps(self.body, indent=1)
+
+    @classmethod
+    def make(cls, graph: Graph, grid: OcclusionGrid, blocks: list[BlockPlan], *, model_name: str, device: DeviceFingerprint,
+             cost_model: dict[str, Any], strategy: str, backend: str = "torch") -> PlanDocument:
+        regions = changed_regions(graph, grid)
+        totals = {k: sum(b.predicted[k] for b in blocks) for k in blocks[0].predicted}
+        votes: dict[str, float] = {}
+        for b in blocks:
+            for name in b.costs.nodes:
+                if b.costs.choosable(name) and b.plan.mode(name) is Mode.INCREMENTAL:
+                    votes[name] = votes.get(name, 0) + len(b.block)
+        nodes = []
+        for n in graph.nodes:
+            r = regions[n.name]
+            nodes.append({
+                "name": n.name, "op": n.op.value, "fn": n.fn, "label": n.label, "change": r.change.value,
+                "map": list(n.spatial_size) if n.spatial is not None else None,
+                "window": [r.rows.size, r.cols.size] if r.change is Change.LOCAL and r.rows is not None and r.cols is not None else None,
+                "mode": "unchanged" if r.change is Change.UNCHANGED else ("incremental" if votes.get(n.name, 0) * 2 > len(grid) else "full"),
+            })
+        body = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "hyinf_version": __version__,
+            "model": {"fingerprint": graph_fingerprint(graph), "name": model_name, "nodes": len(graph.nodes), "input_shape": list(graph.input_node.shape)},
+            "settings": settings_of(grid, backend),
+            "device": {**asdict(device), "key": device.key},
+            "cost_model": cost_model,
+            "strategy": strategy,
+            "predicted_s": totals,
+            "blocks": [
+                {"rows": list(b.block.rows or ()), "cols": list(b.block.cols or ()), "positions": len(b.block),
+                 "modes": {k: v.value for k, v in b.plan.modes.items()}, "predicted_s": b.predicted, "node_costs": _node_costs(graph, b)}
+                for b in blocks
+            ],
+            "nodes": nodes,
+        }
+        return cls(body)
+
+    @classmethod
+    def parse(cls, text: str | bytes, source: str = "plan") -> PlanDocument:
+        """Validate a document's form (not yet against a model): one clear PlanError for anything wrong."""
+        try:
+            body = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlanError(f"{source} is not JSON ({e}); {FIX}") from None
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            raise PlanError(f"{source} is not a hyinf plan (no \"format\": \"{FORMAT}\"); {FIX}")
+        version = body.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PlanError(f"{source} has plan schema version {version!r}; this hyinf {__version__} reads version {SCHEMA_VERSION}; {FIX}")
+        try:
+            _check_shape(body)
+        except (KeyError, TypeError, ValueError) as e:
+            raise PlanError(f"{source} is malformed ({e}); {FIX}") from None
+        return cls(body)
+
+    def bind(self, graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, backend: str = "torch") -> list[tuple[OcclusionGrid, Plan]]:
+        """The (block, plan) pairs to run, after checking the plan was made for this model and these settings."""
+        found = graph_fingerprint(graph)
+        if self.model_fingerprint != found:
+            raise PlanError(f"the plan was made for another model ({self.body['model'].get('name', '?')}, structure "
+                            f"{self.model_fingerprint[:12]}; this model's is {found[:12]}); {FIX} for this model")
+        wanted = settings_of(grid, backend)
+        if self.settings != wanted:
+            raise PlanError(f"the plan was made for {_describe(self.settings)} but this run uses {_describe(wanted)}; {FIX} for these settings")
+        if self.device.key != device.key:
+            warnings.warn(f"the plan was made for {self.device.description}, not this machine ({device.description}); "
+                          "it is exact but may be slower here: run `hyinf plan` on this machine", PlanWarning, stacklevel=2)
+        names = set(graph.by_name)
+        rows, cols = grid.shape
+        covered = []
+        pairs = []
+        for b in self.body["blocks"]:
+            if not set(b["modes"]) <= names or not all(0 <= r < rows for r in b["rows"]) or not all(0 <= c < cols for c in b["cols"]):
+                raise PlanError(f"the plan's blocks do not fit this model and grid; {FIX}")
+            block = grid.block(sorted(b["rows"]), sorted(b["cols"]))
+            covered += block.positions().tolist()
+            pairs.append((block, Plan(b["modes"], Mode.FULL, strategy=self.body["strategy"])))
+        if sorted(covered) != list(range(len(grid))):
+            raise PlanError(f"the plan's blocks do not cover every position exactly once; {FIX}")
+        return pairs
+
+
+def _node_costs(graph: Graph, b: BlockPlan) -> dict[str, dict[str, Any]]:
+    """Each changed node's predicted seconds over the block's positions, and the conversions the plan makes."""
+    def mode(name: str) -> Mode:
+        return b.plan.mode(name) if b.costs.choosable(name) else Mode.FULL
+
+    out = {}
+    for name, c in b.costs.nodes.items():
+        consumers = [v for v in graph.consumers[name] if v in b.costs.nodes]
+        converts = ""
+        if graph[name].spatial is None:
+            pass  # a pooled vector: the same value in both modes, nothing to convert
+        elif mode(name) is Mode.INCREMENTAL and any(mode(v) is Mode.FULL for v in consumers):
+            converts = " (pasted into whole maps)"
+        elif mode(name) is Mode.FULL and b.costs.choosable(name):
+            cut = sum(mode(v) is Mode.INCREMENTAL for v in consumers)
+            converts = f" (windows cut for {cut} consumers)" if cut else ""
+        n = len(b.block)
+        out[name] = {"full": c.full * n, "incremental": None if c.incremental is None else c.incremental * n,
+                     "to_full": c.to_full * n, "to_win": c.to_win * n, "converts": converts}
+    return out
+
+
+def _describe(settings: Mapping[str, Any]) -> str:
+    return f"{settings.get('image_size')} images, patch {settings.get('patch')}, stride {settings.get('stride')}, backend {settings.get('backend')}"
+
+
+def _check_shape(body: dict[str, Any]) -> None:
+    """Types of every field the loader reads."""
+    if not isinstance(body["model"]["fingerprint"], str):
+        raise TypeError("model.fingerprint must be a string")
+    for key in ("image_size", "patch", "stride"):
+        value = body["settings"][key]
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
+            raise ValueError(f"settings.{key} must be two positive integers")
+    DeviceFingerprint(**{k: body["device"][k] for k in DeviceFingerprint.__dataclass_fields__})
+    if not isinstance(body["strategy"], str) or not isinstance(body["blocks"], list) or not body["blocks"]:
+        raise ValueError("strategy and a non-empty list of blocks are required")
+    for b in body["blocks"]:
+        if not all(isinstance(i, int) for i in [*b["rows"], *b["cols"]]):
+            raise TypeError("block rows and cols must be integers")
+        if not isinstance(b["modes"], dict) or not all(v in ("incremental", "full") for v in b["modes"].values()):
+            raise ValueError("block modes must map node names to 'incremental' or 'full'")

@@ -1,0 +1,46 @@
+"""Which plan a run uses: one given, else one stored for (model structure, settings, device), else one
+made now with the device's cost model. The edge where planning meets the database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hyinf.graph.fingerprint import graph_fingerprint
+from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.ir import Graph
+from hyinf.plans_db import Database
+from hyinf.planner.blocks import plan_grid
+from hyinf.planner.document import PlanDocument, settings_key, settings_of
+from hyinf.planner.plan import Plan
+from hyinf.profiler.machine import DeviceFingerprint
+from hyinf.profiler.profile import device_costs
+
+
+@dataclass(frozen=True)
+class ChosenPlan:
+    blocks: list[tuple[OcclusionGrid, Plan]]
+    source: str  # for reports: where the plan came from
+    document: PlanDocument
+
+
+def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, model_name: str, db: Database | None,
+              strategy: str = "optimal", cost_model_id: int | None = None, backend: str = "torch") -> PlanDocument:
+    """Plan every block of `grid` under this device's cost model (analytic when it was never profiled)."""
+    model, info = device_costs(db, device, backend, cost_model_id)
+    blocks = plan_grid(graph, grid, model, strategy)
+    return PlanDocument.make(graph, grid, blocks, model_name=model_name, device=device, cost_model=info, strategy=strategy, backend=backend)
+
+
+def choose_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, given: PlanDocument | None, db: Database | None,
+                model_name: str = "", backend: str = "torch") -> ChosenPlan:
+    if given is not None:
+        return ChosenPlan(given.bind(graph, grid, device, backend), "given plan", given)
+    if db is not None:
+        row = db.find_plan(graph_fingerprint(graph), settings_key(settings_of(grid, backend)), device.key)
+        if row is not None:
+            document = PlanDocument(row.body)
+            return ChosenPlan(document.bind(graph, grid, device, backend), f"stored plan {row.id}", document)
+    document = make_plan(graph, grid, device, model_name=model_name, db=db, backend=backend)
+    kind = document.body["cost_model"]
+    source = f"planned now ({kind['kind']} cost model{' ' + str(kind['id']) if kind['id'] else ''})"
+    return ChosenPlan(document.bind(graph, grid, device, backend), source, document)

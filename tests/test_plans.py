@@ -1,0 +1,171 @@
+"""Plans end to end: planned runs equal naive re-inference, plan files and the database, bad plans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import hyinf
+from conftest import assert_close_to
+from hyinf.cli import main
+from hyinf.errors import PlanError, PlanWarning
+from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.torch_frontend import trace_torch
+from hyinf.planner.document import PlanDocument
+from hyinf.planner.select import make_plan
+from hyinf.plans_db import Database
+from hyinf.profiler.machine import DeviceFingerprint, fingerprint
+
+CPU = torch.device("cpu")
+
+
+def _residual_cnn() -> nn.Module:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+            self.down = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            x = torch.relu(x + self.branch(x))
+            return self.head(self.down(x).mean((2, 3)))
+
+    return Net().eval()
+
+
+def _document(model: nn.Module, size: int = 32, patch: int = 6, stride: int = 4, device: DeviceFingerprint | None = None) -> PlanDocument:
+    program = trace_torch(model, (1, 3, size, size), CPU)
+    grid = OcclusionGrid.make((size, size), patch, stride)
+    return make_plan(program.graph, grid, device or fingerprint(CPU), model_name="residual", db=None)
+
+
+def test_planned_runs_equal_naive_for_both_strategies() -> None:
+    model, image = _residual_cnn(), torch.randn(3, 32, 32)
+    reference = hyinf.explain(model, image, patch=6, stride=4, mode="naive")
+    program = trace_torch(model, (1, 3, 32, 32), CPU)
+    grid = OcclusionGrid.make((32, 32), 6, 4)
+    for strategy in ("optimal", "heuristic"):
+        document = make_plan(program.graph, grid, fingerprint(CPU), model_name="residual", db=None, strategy=strategy)
+        result = hyinf.explain(model, image, patch=6, stride=4, plan=document)
+        assert_close_to(reference.scores, result.scores, strategy)
+        assert "given plan" in result.mode
+
+
+def test_document_round_trip_and_contents() -> None:
+    document = _document(_residual_cnn())
+    again = PlanDocument.parse(document.to_json())
+    assert again.body == json.loads(document.to_json())
+    body = again.body
+    assert body["schema_version"] == 1 and body["strategy"] == "optimal"
+    assert set(body["predicted_s"]) == {"plan", "all-incremental", "all-full", "heuristic"}
+    assert body["predicted_s"]["plan"] <= min(body["predicted_s"].values()) * (1 + 1e-6)
+    assert sum(b["positions"] for b in body["blocks"]) == 8 * 8
+    assert any(n["window"] is not None for n in body["nodes"])
+
+
+def test_one_plan_serves_every_copy_of_an_architecture() -> None:
+    document = _document(_residual_cnn())
+    other_weights = _residual_cnn()
+    with torch.no_grad():
+        for p in other_weights.parameters():
+            p.add_(1.0)
+    image = torch.randn(3, 32, 32)
+    reference = hyinf.explain(other_weights, image, patch=6, stride=4, mode="naive")
+    assert_close_to(reference.scores, hyinf.explain(other_weights, image, patch=6, stride=4, plan=document).scores, "fine-tuned copy")
+
+
+def test_plans_for_other_models_or_settings_are_refused() -> None:
+    document = _document(_residual_cnn())
+    image = torch.randn(3, 32, 32)
+    wider = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with pytest.raises(PlanError, match="another model"):
+        hyinf.explain(wider, image, patch=6, stride=4, plan=document)
+    with pytest.raises(PlanError, match="stride"):
+        hyinf.explain(_residual_cnn(), image, patch=6, stride=2, plan=document)
+
+
+def test_plan_from_another_device_runs_with_a_warning() -> None:
+    elsewhere = DeviceFingerprint("cuda", "Some GPU", 132, "CUDA 13.0, sm_90", "2.14.1", "")
+    document = _document(_residual_cnn(), device=elsewhere)
+    model, image = _residual_cnn(), torch.randn(3, 32, 32)
+    with pytest.warns(PlanWarning, match="Some GPU"):
+        result = hyinf.explain(model, image, patch=6, stride=4, plan=document)
+    assert_close_to(hyinf.explain(model, image, patch=6, stride=4, mode="naive").scores, result.scores, "other device")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not JSON"),
+        ('{"format": "something-else"}', "not a hyinf plan"),
+        ('{"format": "hyinf-plan", "schema_version": 99}', "schema version 99"),
+        ('{"format": "hyinf-plan", "schema_version": 1, "model": {}}', "malformed"),
+    ],
+)
+def test_malformed_plans_are_refused(text: str, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        PlanDocument.parse(text, "plan.json")
+
+
+def test_tampered_blocks_are_refused() -> None:
+    body = json.loads(_document(_residual_cnn()).to_json())
+    body["blocks"] = body["blocks"][:-1]  # some positions would never be evaluated
+    with pytest.raises(PlanError, match="cover every position"):
+        hyinf.explain(_residual_cnn(), torch.randn(3, 32, 32), patch=6, stride=4, plan=PlanDocument.parse(json.dumps(body)))
+
+
+def test_plan_cli_database_and_sharing(tmp_path: Path) -> None:
+    runner = CliRunner()
+    db, other_db, file = str(tmp_path / "a.db"), str(tmp_path / "b.db"), tmp_path / "demo-plan.json"
+    made = runner.invoke(main, ["plan", "demo", "--patch", "8", "--stride", "8", "-o", str(file), "--explain", "--db", db])
+    assert made.exit_code == 0, made.output
+    assert "predicted: plan" in made.output and "all-incremental" in made.output and "largest block" in made.output
+    assert PlanDocument.parse(file.read_bytes()).body["model"]["name"] == "demo"
+    listed = runner.invoke(main, ["plans", "list", "--db", db])
+    assert listed.exit_code == 0 and "demo" in listed.output
+    shown = runner.invoke(main, ["plans", "show", "1", "--db", db])
+    assert json.loads(shown.output)["format"] == "hyinf-plan"
+    exported = tmp_path / "exported.json"
+    assert runner.invoke(main, ["plans", "export", "1", "-o", str(exported), "--db", db]).exit_code == 0
+    imported = runner.invoke(main, ["plans", "import", str(exported), "--db", other_db])
+    assert imported.exit_code == 0 and "plan 1" in imported.output
+    out = tmp_path / "out"
+    run = runner.invoke(main, ["explain", "demo", "--patch", "8", "--stride", "8", "--db", other_db, "--out", str(out), "--quiet"])
+    assert run.exit_code == 0, run.output
+    assert "stored plan 1" in json.loads((out / "report.json").read_text())["mode"]
+    by_file = runner.invoke(main, ["explain", "demo", "--patch", "8", "--stride", "8", "--plan", str(file), "--out", str(out), "--quiet"])
+    assert by_file.exit_code == 0 and "given plan" in json.loads((out / "report.json").read_text())["mode"]
+
+
+def test_plan_cli_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "hyinf-plan", "schema_version": 7}')
+    runner = CliRunner()
+    for args in (["explain", "demo", "--plan", str(bad), "--out", str(tmp_path / "o"), "--quiet"],
+                 ["plans", "import", str(bad), "--db", str(tmp_path / "x.db")],
+                 ["plans", "show", "42", "--db", str(tmp_path / "x.db")],
+                 ["plan", "demo", "--profile", "5", "--db", str(tmp_path / "x.db")]):
+        result = runner.invoke(main, args)
+        assert result.exit_code != 0, args
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output, result.output
+
+
+def test_stored_plans_are_found_by_structure_settings_and_device(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "p.db"))
+    document = _document(_residual_cnn())
+    from hyinf.planner.document import settings_key
+
+    db.save_plan(document.model_fingerprint, settings_key(document.settings), document.device, None, dict(document.body))
+    assert db.find_plan(document.model_fingerprint, settings_key(document.settings), document.device.key) is not None
+    assert db.find_plan(document.model_fingerprint, "other-settings", document.device.key) is None
+    assert db.find_plan("other-model", settings_key(document.settings), document.device.key) is None
