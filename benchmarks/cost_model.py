@@ -24,6 +24,7 @@ from hyinf.graph.torch_frontend import trace_torch
 from hyinf.plans_db import Database
 from hyinf.profiler.cost_model import Accuracy, AnalyticCosts, LearnedCosts, split
 from hyinf.profiler.fitting import evaluate
+from hyinf.profiler.machine import fingerprint
 from hyinf.profiler.profile import ModelTarget, profile
 from hyinf.profiler.sample import KINDS
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the --quick sweep")
     parser.add_argument("--db", help="database to profile into (default: a temporary file)")
+    parser.add_argument("--reuse", action="store_true", help="evaluate the profiles already in --db (e.g. from benchmarks/planner.py) instead of profiling")
     parser.add_argument("--write", type=Path, help="markdown file whose cost-model section to rewrite")
     args = parser.parse_args()
     cpu = torch.device("cpu")
@@ -43,17 +45,21 @@ def main() -> None:
         model = getattr(torchvision.models, name)(weights=None).eval()
         targets.append(ModelTarget(f"torchvision:{name}", trace_torch(model, (1, 3, 224, 224), cpu), OcclusionGrid.make((224, 224), 16, 8)))
     db = Database(args.db or str(Path(tempfile.mkdtemp()) / "bench.db"))
-    start = time.perf_counter()
-    report = profile(db, cpu, quick=args.quick, models=targets)
-    seconds = time.perf_counter() - start
-    _, samples = db.samples(db.device_id(report.device), "torch")
+    fp = fingerprint(cpu)
+    if args.reuse:
+        how = f"profiles already in the database ({db.summary().counts['profile runs']} runs)"
+    else:
+        start = time.perf_counter()
+        report = profile(db, cpu, quick=args.quick, models=targets)
+        how = (f"`hyinf profile{' --quick' if args.quick else ''}`, {report.noisy} of {report.samples} measurements with a spread above 15%, "
+               f"{time.perf_counter() - start:.0f} s including both models' layers and the fits")
+    _, samples = db.samples(db.device_id(fp), "torch")
     sweep = [s for s in samples if s.source == "sweep"]
     train, test = split(sweep)
     learned, analytic = LearnedCosts.fit(train), AnalyticCosts.fit(train)
 
     lines = [
-        f"Machine: {machine()}. `hyinf profile{' --quick' if args.quick else ''}`: {len(sweep)} sweep measurements "
-        f"({report.noisy} of {report.samples} with a spread above 15%), {seconds:.0f} s including both models' layers and the fits.",
+        f"Machine: {machine()}. {len(sweep)} sweep measurements; {how}.",
         "",
         "Held-out sweep configurations (20%, never fitted to):",
         "",
