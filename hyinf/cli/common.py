@@ -19,18 +19,19 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", PlanWarning)
-            try:
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", PlanWarning)
                 return fn(*args, **kwargs)
-            except HyinfError as e:
-                raise click.ClickException(str(e)) from e
-            finally:
-                for w in caught:
-                    if issubclass(w.category, PlanWarning):
-                        click.echo(f"warning: {w.message}", err=True)
-                    else:
-                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        except HyinfError as e:
+            raise click.ClickException(str(e)) from e
+        finally:  # outside the recording context, so re-issued warnings are not recorded again
+            for w in caught:
+                if issubclass(w.category, PlanWarning):
+                    click.echo(f"warning: {w.message}", err=True)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     return wrapper
 

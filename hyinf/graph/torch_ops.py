@@ -28,7 +28,7 @@ ELEMENTWISE = frozenset(
     softplus softsign logsigmoid prelu dropout dropout2d feature_dropout alpha_dropout identity
     contiguous clone detach add sub rsub mul truediv div neg clamp clip abs exp sqrt rsqrt pow square
     reciprocal log erf type_as float to maximum minimum stochastic_depth
-    _native_batch_norm_legit_no_training batch_norm""".split()
+    _native_batch_norm_legit_no_training batch_norm local_response_norm""".split()
 )
 ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU,
