@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import onnx
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from hyinf.errors import HyinfError, ModelError, SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
+from hyinf.graph.onnx_frontend import is_onnx, load_onnx
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.plan import Plan
 from hyinf.planner.document import PlanDocument
@@ -134,7 +136,7 @@ def attribution_from(heatmap: torch.Tensor, grid: OcclusionGrid, shape: torch.Si
 
 
 def explain(
-    model: nn.Module,
+    model: nn.Module | onnx.ModelProto | str,
     image: torch.Tensor,
     *,
     target: int | None = None,
@@ -153,6 +155,7 @@ def explain(
 ) -> Explanation:
     """Occlusion heatmap of `image` under `model`, equal to naive re-inference of every occluded image.
 
+    `model` is a torch module, an `onnx.ModelProto` or the path of an .onnx file.
     `mode` picks the evaluation: "naive" re-runs the model per occluded image, "full" and
     "incremental" evaluate every node of hyinf's graph that way, "hybrid" follows a plan: the one
     stored in the plans database `db` for this model structure, settings and device, else one made
@@ -169,6 +172,8 @@ def explain(
         raise SettingsError(f"backend {backend!r} is not available; this version supports backend='torch'")
     dev = resolve_device(device)
     batch = _as_batch(image).to(dev)
+    if is_onnx(model):
+        model = load_onnx(model, tuple(batch.shape[-2:])).module  # type: ignore[arg-type]
     grid = OcclusionGrid.make(tuple(batch.shape[-2:]), patch, stride)  # type: ignore[arg-type]
     fill = patch_fill(patch_value, batch.shape[1], dev, batch.dtype)
     timings: dict[str, float] = {}

@@ -16,6 +16,7 @@ from torch import nn
 
 from hyinf import demo
 from hyinf.errors import InputError, ModelError
+from hyinf.graph.onnx_frontend import is_onnx, load_onnx
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,8 +93,9 @@ def _file(path: Path) -> nn.Module:
         ) from e
 
 
-def load_model(spec: str, weights: Path | None = None) -> LoadedModel:
-    """'demo', 'torchvision:NAME' (optionally with a local state dict) or a .pt2 / TorchScript file."""
+def load_model(spec: str, weights: Path | None = None, image_size: tuple[int, int] | None = None) -> LoadedModel:
+    """'demo', 'torchvision:NAME' (optionally with a local state dict), an .onnx file (`image_size` fixes
+    its height and width where the file leaves them open) or a .pt2 / TorchScript file."""
     if spec == "demo":
         if weights is not None:
             raise ModelError("the demo model has its own weights; --weights applies to torchvision models")
@@ -102,6 +104,11 @@ def load_model(spec: str, weights: Path | None = None) -> LoadedModel:
         return _torchvision(spec.split(":", 1)[1], weights)
     if weights is not None:
         raise ModelError("--weights applies to torchvision:NAME models; a model file carries its own weights")
+    if is_onnx(spec):
+        onnx_model = load_onnx(spec, image_size)
+        _, channels, height, width = onnx_model.input_shape
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.0,) * channels, (1.0,) * channels)
+        return LoadedModel(onnx_model.module, (height, width), mean, std, description=f"{Path(spec).name} (ONNX opset {onnx_model.opset})")
     return LoadedModel(_file(Path(spec)), (224, 224), IMAGENET_MEAN, IMAGENET_STD, description=Path(spec).name)
 
 

@@ -55,7 +55,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
     from hyinf.models import load_image, load_model
     from hyinf.viz import save_overlay
 
-    loaded = load_model(model, weights)
+    loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     if not normalize:
         loaded = replace(loaded, mean=(0.0,) * len(loaded.mean), std=(1.0,) * len(loaded.std))
     if image is None:

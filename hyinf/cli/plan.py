@@ -47,7 +47,7 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str
     from hyinf.profiler.machine import fingerprint
 
     dev = resolve_device(device)
-    loaded = load_model(model, weights)
+    loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     size = tuple(image_size) if image_size else loaded.image_size
     program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
     grid = OcclusionGrid.make(size, pair(patch), pair(stride))  # type: ignore[arg-type]

@@ -47,7 +47,7 @@ def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size:
     db = Database(db_url)
     targets = []
     for spec in model_specs:
-        loaded = load_model(spec, weights)
+        loaded = load_model(spec, weights, tuple(image_size) if image_size else None)
         size = tuple(image_size) if image_size else loaded.image_size
         program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
         targets.append(ModelTarget(spec, program, OcclusionGrid.make(size, pair(patch), pair(stride))))  # type: ignore[arg-type]
