@@ -45,7 +45,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
             max_memory: float | None, plan_file: Path | None, db_url: str | None, out_dir: Path, quiet: bool) -> None:
     """Occlusion heatmap of IMAGE under MODEL.
 
-    MODEL is 'demo' (a small bundled CNN with trained weights), torchvision:NAME, a torch.export
+    MODEL is 'demo' (a small bundled CNN with trained weights), torchvision:NAME, an .onnx file, a torch.export
     (.pt2) file or a TorchScript file. IMAGE is any file Pillow reads; for the demo it defaults to
     the bundled sample. Writes heatmap.npy, attribution.npy, overlay.png and report.json to --out.
     Hybrid runs use the plan stored for this model, settings and device (`hyinf plan`), or plan now.

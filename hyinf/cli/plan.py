@@ -30,7 +30,7 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str
          strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None) -> None:
     """Plan MODEL's hybrid evaluation and store the plan for `hyinf explain`.
 
-    MODEL is demo, torchvision:NAME, a torch.export (.pt2) or a TorchScript file.
+    MODEL is demo, torchvision:NAME, an .onnx file, a torch.export (.pt2) or a TorchScript file.
 
     Example: hyinf plan torchvision:resnet50 --patch 16 --stride 8 -o resnet50-plan.json --explain
     """

@@ -14,7 +14,7 @@ from hyinf.cli.common import DB_HELP, pair, user_errors
 @main.command()
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True, help="Runtime backend to profile.")
-@click.option("--model", "model_specs", multiple=True, help="Also time this model's layers (repeatable): demo, torchvision:NAME or a .pt2/TorchScript file.")
+@click.option("--model", "model_specs", multiple=True, help="Also time this model's layers (repeatable): demo, torchvision:NAME, an .onnx, .pt2 or TorchScript file.")
 @click.option("--image-size", nargs=2, type=int, help="Image size H W for --model (default: the model's usual size).")
 @click.option("--patch", default="16", show_default=True, help="Patch size for --model: N or HxW.")
 @click.option("--stride", default="8", show_default=True, help="Stride for --model: N or HxW.")

@@ -259,3 +259,39 @@ def pad(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
     if any(begin[:2]) or any(end[:2]) or rank != 4 or (len(x) > 3 and x[3] is not None):
         raise NotImplementedError("Pad of other axes than the spatial ones")
     return [F.pad(x[0], (begin[3], end[3], begin[2], end[2]), mode, value)]
+
+
+@op("Slice")
+def slice_(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
+    if "starts" in attrs:  # opset 9: attributes
+        starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+    else:
+        starts, ends = x[1].tolist(), x[2].tolist()
+        axes = x[3].tolist() if len(x) > 3 and x[3] is not None else None
+        steps = x[4].tolist() if len(x) > 4 and x[4] is not None else None
+    rank = len(shapes[0])
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    index = [slice(None)] * rank
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        if step < 1:
+            raise NotImplementedError("Slice with a negative step")
+        size = shapes[0][axis % rank]
+        index[axis % rank] = slice(max(-size, min(start, size)), max(-size, min(end, size)), step)
+    return [x[0][tuple(index)]]
+
+
+@op("Split")
+def split(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
+    axis = attrs.get("axis", 0) % len(shapes[0])
+    sizes = attrs.get("split")
+    if sizes is None and len(x) > 1 and x[1] is not None:
+        sizes = [int(v) for v in x[1].tolist()]
+    if sizes is None:
+        parts = attrs.get("num_outputs")
+        if parts is None:
+            raise NotImplementedError("Split whose output count is not in the node")
+        sizes = [math.ceil(shapes[0][axis] / parts)] * (parts - 1)
+        sizes.append(shapes[0][axis] - sum(sizes))
+    pieces = torch.split(x[0], list(sizes), axis)
+    return [pieces[i] for i in range(len(sizes))]
