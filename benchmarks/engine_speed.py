@@ -39,6 +39,7 @@ class Row:
     flop_bound: float
     times: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SYSTEMS})
     errors: dict[str, float] = field(default_factory=dict)
+    plan: str = ""  # where the hybrid run's plan came from
 
     def median(self, system: str) -> float:
         return statistics.median(self.times[system])
@@ -83,6 +84,8 @@ def run(models: list[str], size: int, patch: int, stride: int, repeats: int) -> 
                 elapsed = time.perf_counter() - start
                 if system == "naive":
                     reference = reference if reference is not None else result.scores
+                if system == "hybrid":
+                    row.plan = result.mode
                 row.times[system].append(elapsed)
                 print(f"{name} round {round_ + 1} {system}: {elapsed:.2f} s", file=sys.stderr, flush=True)
                 if reference is not None:
@@ -129,7 +132,8 @@ def main() -> None:
     if args.quick:
         args.models, args.stride, args.repeats = ["resnet18", "vgg11"], 16, 2
     rows = run(args.models, args.size, args.patch, args.stride, args.repeats)
-    text = f"Machine: {machine()}.\n\n{table(rows, args.size, args.patch, args.stride, args.repeats)}\n"
+    plans = "; ".join(f"{r.model}: {r.plan}" for r in rows)
+    text = f"Machine: {machine()}. Hybrid plans: {plans}.\n\n{table(rows, args.size, args.patch, args.stride, args.repeats)}\n"
     print(text)
     if args.write:
         image = args.write.parent / "img" / "engine_speed.png"
