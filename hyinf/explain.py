@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 import torch
@@ -25,12 +26,15 @@ from hyinf.profiler.machine import fingerprint
 from hyinf.runtime.budget import batch_size_for, bytes_per_position
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
+from hyinf.runtime.ort_backend import OrtEngine, SessionCache
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
 from hyinf.runtime.windows import span_mask
 
 MODES = ("hybrid", "incremental", "full", "naive")
 OUTPUTS = ("raw", "softmax")
+BACKENDS = ("torch", "ort")
+_ORT_ENGINES = SessionCache()
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
 
 
 def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | PlanDocument | None = None, *,
-                   db: str | None = None, model_name: str = "") -> BlockedEngine:
+                   db: str | None = None, model_name: str = "", backend: str = "torch") -> BlockedEngine:
     """The engine for `mode` ("hybrid", "incremental" or "full"), or for `plan` when one is given.
 
     A hybrid run without a plan uses the plan stored for this model structure, grid and device in
@@ -97,8 +101,13 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
         return BlockedEngine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)])
     url = existing_database(db)
     database = Database(url) if url is not None else None
-    chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name)
+    chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name, backend=backend)
     return BlockedEngine(program, grid, chosen.blocks, source=chosen.source)
+
+
+def _plan_key(engine: BlockedEngine) -> tuple[Any, ...]:
+    """What a lowered graph depends on besides the model and the settings: the blocks and their modes."""
+    return tuple((e.grid.rows, e.grid.cols, tuple(sorted((k, r.value) for k, r in e.repr.items()))) for e in engine.engines)
 
 
 def collect_scores(
@@ -168,19 +177,21 @@ def explain(
         raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if output not in OUTPUTS:
         raise SettingsError(f"output must be 'raw' or 'softmax', got {output!r}")
-    if backend != "torch":
-        raise SettingsError(f"backend {backend!r} is not available; this version supports backend='torch'")
+    if backend not in BACKENDS:
+        raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     dev = resolve_device(device)
     batch = _as_batch(image).to(dev)
+    identity: nn.Module | str | None = model if isinstance(model, nn.Module) else None
     if is_onnx(model):
-        model = load_onnx(model, tuple(batch.shape[-2:])).module  # type: ignore[arg-type]
+        loaded = load_onnx(model, tuple(batch.shape[-2:]))  # type: ignore[arg-type]
+        model, identity = loaded.module, loaded.digest
     grid = OcclusionGrid.make(tuple(batch.shape[-2:]), patch, stride)  # type: ignore[arg-type]
     fill = patch_fill(patch_value, batch.shape[1], dev, batch.dtype)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
     with torch.no_grad():
-        if mode == "naive":
+        if mode == "naive" and backend == "torch":
             model = model.to(dev).eval()
             try:
                 base_out = model(batch)
@@ -196,14 +207,22 @@ def explain(
         else:
             program = trace_torch(model, tuple(batch.shape), dev)
             timings["trace_s"] = time.perf_counter() - clock
-            engine = compile_engine(program, grid, mode, plan, db=db)
+            if mode == "naive":  # the whole model on every occluded image, in ONNX Runtime
+                engine = BlockedEngine(program, grid, [(grid, Plan.uniform("full"))])
+            else:
+                engine = compile_engine(program, grid, mode, plan, db=db, backend=backend)
             strategy = engine.strategy if not engine.source else f"{engine.strategy}, {engine.source}"
             node_modes = engine.node_modes
             size = batch_size_for(bytes_per_position(engine), len(grid), max_memory, batch_size)
-            timings["compile_s"] = time.perf_counter() - clock - timings["trace_s"]
             clean = CleanImage(program, batch)
             base_out = clean.output
-            chunks = engine.chunks(clean, fill, size)
+            runner: BlockedEngine | OrtEngine = engine
+            if backend == "ort":
+                settings = (tuple(batch.shape), grid, mode, _plan_key(engine), str(dev), size)
+                runner = _ORT_ENGINES.get(identity, settings, lambda: OrtEngine(engine)) if identity is not None else OrtEngine(engine)
+                runner.session(clean, fill, size)  # built (or found) now, so compile_s holds it
+            timings["compile_s"] = time.perf_counter() - clock - timings["trace_s"]
+            chunks = runner.chunks(clean, fill, size)
 
         classes = math.prod(base_out.shape[1:])
         if target is None:

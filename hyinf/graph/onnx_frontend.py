@@ -9,6 +9,7 @@ opaque node (always evaluated fully): an unknown operator never stops a model fr
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,48 @@ from hyinf.graph.onnx_ops import OPS
 FIX = "export it again (torch.onnx.export) or check that the file is complete"
 
 
-@fx.wrap
-def onnx_reference(node: str, *inputs: torch.Tensor) -> torch.Tensor:
-    """Evaluate one ONNX node (serialised, hex) with ONNX's reference implementation: operators hyinf has
-    no torch form for."""
+def _reference_run(node: str, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     proto = onnx.NodeProto.FromString(bytes.fromhex(node))
     names = [n for n in proto.input if n]
     arrays = {name: value.detach().cpu().numpy() for name, value in zip(names, inputs)}
     out = ReferenceEvaluator(proto).run(None, arrays)[0]
     device = inputs[0].device if inputs else torch.device("cpu")
     return torch.from_numpy(np.ascontiguousarray(out)).to(device)
+
+
+_ATTRIBUTE_SUFFIX = {"FLOAT": "f", "INT": "i", "STRING": "s", "TENSOR": "t", "FLOATS": "f", "INTS": "i", "STRINGS": "s"}
+
+
+class _ReferenceNode(torch.autograd.Function):
+    """An ONNX node kept as it is when hyinf's programs are exported back to ONNX (the ONNX Runtime
+    backend): tracing the reference implementation would record its result as a constant."""
+
+    @staticmethod
+    def forward(ctx: Any, node: str, *inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _reference_run(node, inputs)
+
+    @staticmethod
+    def symbolic(g: Any, node: str, *inputs: Any) -> Any:
+        proto = onnx.NodeProto.FromString(bytes.fromhex(node))
+        if proto.domain not in ("", "ai.onnx"):
+            raise ModelError(f"operator {proto.domain}.{proto.op_type} cannot run on the ONNX Runtime backend; use backend='torch'")
+        attrs: dict[str, Any] = {}
+        for a in proto.attribute:
+            kind = onnx.AttributeProto.AttributeType.Name(a.type)
+            if kind not in _ATTRIBUTE_SUFFIX:
+                raise ModelError(f"{proto.op_type}'s attribute {a.name} ({kind}) cannot be exported; use backend='torch'")
+            value = onnx.helper.get_attribute_value(a)
+            attrs[f"{a.name}_{_ATTRIBUTE_SUFFIX[kind]}"] = torch.from_numpy(numpy_helper.to_array(value).copy()) if kind == "TENSOR" else value
+        return g.op(proto.op_type, *inputs, **attrs)
+
+
+@fx.wrap
+def onnx_reference(node: str, *inputs: torch.Tensor) -> torch.Tensor:
+    """Evaluate one ONNX node (serialised, hex) with ONNX's reference implementation: operators hyinf has
+    no torch form for."""
+    if torch.jit.is_tracing():
+        return _ReferenceNode.apply(node, *inputs)
+    return _reference_run(node, inputs)
 
 
 @dataclass(frozen=True)
@@ -46,6 +79,7 @@ class OnnxModel:
     module: fx.GraphModule
     input_shape: tuple[int, int, int, int]  # (1, C, H, W)
     opset: int
+    digest: str  # SHA-256 of the model as loaded: the same file gives the same digest
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -210,7 +244,7 @@ def load_onnx(source: str | Path | bytes | onnx.ModelProto, image_size: tuple[in
     with torch.no_grad():
         module = fx.symbolic_trace(_OnnxGraph(inferred, input_name, shape, name))
     module.eval()
-    return OnnxModel(module, shape, opset)
+    return OnnxModel(module, shape, opset, hashlib.sha256(proto.SerializeToString()).hexdigest())
 
 
 def is_onnx(source: object) -> bool:

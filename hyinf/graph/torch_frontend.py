@@ -63,7 +63,7 @@ def trace_torch(model: nn.Module, input_shape: tuple[int, ...], device: str | to
     if isinstance(model, torch.jit.ScriptModule):
         return _opaque_program(model, input_shape, device)
     original = model
-    model = copy.deepcopy(model).eval().to(device)
+    model = copy.deepcopy(model).eval().to(device).requires_grad_(False)  # kernels hold plain tensors (exportable as constants)
     for m in model.modules():  # in-place activations would overwrite stored activations
         if isinstance(getattr(m, "inplace", None), bool):
             m.inplace = False

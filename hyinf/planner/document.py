@@ -120,8 +120,11 @@ class PlanDocument:
             raise PlanError(f"the plan was made for another model ({self.body['model'].get('name', '?')}, structure "
                             f"{self.model_fingerprint[:12]}; this model's is {found[:12]}); {FIX} for this model")
         wanted = settings_of(grid, backend)
-        if self.settings != wanted:
+        if {**self.settings, "backend": backend} != wanted:
             raise PlanError(f"the plan was made for {_describe(self.settings)} but this run uses {_describe(wanted)}; {FIX} for these settings")
+        if self.settings.get("backend") != backend:  # every plan is exact on every backend; only its costs were another's
+            warnings.warn(f"the plan was made for backend {self.settings.get('backend')}, not {backend}; it is exact but may be "
+                          f"slower here: run `hyinf plan --backend {backend}`", PlanWarning, stacklevel=2)
         if self.device.key != device.key:
             warnings.warn(f"the plan was made for {self.device.description}, not this machine ({device.description}); "
                           "it is exact but may be slower here: run `hyinf plan` on this machine", PlanWarning, stacklevel=2)

@@ -117,4 +117,6 @@ def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "tor
                 pass
         if model_id is not None:
             raise SettingsError(f"cost model {model_id} was made by another hyinf version; run `hyinf profile` again")
+        if backend != "torch":  # never profiled on this backend: the torch costs rank modes alike far better than defaults
+            return device_costs(db, fp, "torch")
     return AnalyticCosts.default(fp.kind), {"kind": "analytic", "id": None}

@@ -1,0 +1,304 @@
+"""The ONNX Runtime backend: a plan's evaluation of every occlusion position, run by ONNX Runtime.
+
+The torch engine's evaluation of one chunk of positions (gathers of windows from the clean image's
+activations, the operators on those windows, pastes into whole maps where a full node needs them) is
+a fixed sequence of tensor operations once the plan, the grid and the chunk size are fixed. It is
+traced once into an ONNX graph, so the same code defines both backends and ORT runs the whole chunk
+as one graph: no Python per node or per position.
+
+One graph serves every block of positions (blocks have different window sizes, so their subgraphs
+differ): each run evaluates a slice of every block at once, so the weights are stored and
+pre-packed once. The clean image's activations are computed once per image by the torch program
+and handed to the graph as inputs without copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from hyinf.errors import ModelError, SettingsError
+from hyinf.graph.ir import Node
+from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
+
+OPSET = 17
+_ORT_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.float16: np.float16}
+Key = tuple[Any, ...]  # ("image",), ("base", node) or ("rows", node, pad, value): a clean value the graph reads
+
+
+def providers(device: torch.device) -> list[str]:
+    """ONNX Runtime's execution providers for a torch device."""
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise SettingsError("backend 'ort' on cuda needs onnxruntime-gpu (pip install onnxruntime-gpu); use backend='torch' or device='cpu'")
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]  # type: ignore[list-item]
+    raise SettingsError(f"backend 'ort' runs on cpu or cuda, not {device.type}")
+
+
+def run_sizes(block_sizes: list[int], budget: int) -> tuple[int, list[int]]:
+    """How many runs, and how many positions of each block every run evaluates.
+
+    Every run evaluates a slice of every block, at most about `budget` positions in all. Blocks
+    whose size the runs do not divide are padded; the number of runs is chosen (from the fewest
+    the budget allows to twice as many) to compute the fewest padded positions.
+    """
+    total = sum(block_sizes)
+    fewest = max(1, math.ceil(total / max(budget, 1)))
+    best: tuple[int, int, list[int]] | None = None
+    for runs in range(fewest, 2 * fewest + 1):
+        sizes = [math.ceil(p / runs) for p in block_sizes]
+        if sum(sizes) > max(budget, len(block_sizes)):
+            continue
+        computed = runs * sum(sizes)
+        if best is None or computed < best[0]:
+            best = (computed, runs, sizes)
+    assert best is not None
+    return best[1], best[2]
+
+
+class _Recorder:
+    """A clean image that notes which of its values a chunk reads: they become the graph's inputs."""
+
+    def __init__(self, clean: CleanImage) -> None:
+        self.clean, self.keys, self.memory = clean, list[Key](), clean.memory
+        recorder = self
+
+        class Base(dict[str, torch.Tensor]):
+            def __getitem__(self, name: str) -> torch.Tensor:
+                recorder._note(("base", name))
+                return clean.base[name]
+
+        self.base = Base(clean.base)
+
+    def _note(self, key: Key) -> None:
+        if key not in self.keys:
+            self.keys.append(key)
+
+    @property
+    def image(self) -> torch.Tensor:
+        self._note(("image",))
+        return self.clean.image
+
+    def rows(self, name: str, pad: tuple[int, int, int, int] = (0, 0, 0, 0), value: float = 0.0) -> torch.Tensor:
+        self._note(("rows", name, pad, value))
+        return self.clean.rows(name, pad, value)
+
+
+
+def clean_value(clean: CleanImage, key: Key) -> torch.Tensor:
+    """The clean value a graph input stands for."""
+    if key[0] == "image":
+        return clean.image
+    return clean.base[key[1]] if key[0] == "base" else clean.rows(*key[1:])
+
+
+class _Given:
+    """A clean image whose values are the exported graph's inputs."""
+
+    memory: set[int] = set()
+
+    def __init__(self, values: dict[Key, torch.Tensor]) -> None:
+        self.values = values
+        self.base = {key[1]: v for key, v in values.items() if key[0] == "base"}
+
+    @property
+    def image(self) -> torch.Tensor:
+        return self.values[("image",)]
+
+    def rows(self, name: str, pad: tuple[int, int, int, int] = (0, 0, 0, 0), value: float = 0.0) -> torch.Tensor:
+        return self.values[("rows", name, pad, value)]
+
+
+class _TracedRun(ImageRun):
+    """An engine run as it is exported: never in place (values are graph tensors, not buffers)."""
+
+    def _kernel(self, node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+        return self.e.program.full[node.name](*args)
+
+
+class _Chunk(nn.Module):
+    """(fill, positions of each block, clean values) -> the model's outputs for those positions."""
+
+    def __init__(self, blocked: BlockedEngine, keys: list[Key]) -> None:
+        super().__init__()
+        self.blocked, self.keys = blocked, keys
+
+    def forward(self, fill: torch.Tensor, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        count = len(self.blocked.engines)
+        clean = _Given(dict(zip(self.keys, args[count:])))
+        outs = []
+        for engine, idx in zip(self.blocked.engines, args[:count]):
+            outs.append(_TracedRun(engine, clean, fill).chunk(torch.zeros_like(idx), idx))  # type: ignore[arg-type]
+        return tuple(outs)
+
+
+@contextlib.contextmanager
+def _row_pastes() -> Iterator[None]:
+    """Export `index_copy` along the first axis (the runtime's pastes of pixel rows) as ScatterND over
+    rows, several times faster in ORT than the default element-wise ScatterElements."""
+
+    def index_copy(g: Any, self: Any, dim: Any, index: Any, source: Any) -> Any:
+        from torch.onnx import symbolic_helper, symbolic_opset9
+
+        if symbolic_helper._get_const(dim, "i", "dim") != 0:
+            return symbolic_opset9.index_copy(g, self, dim, index, source)
+        rows = g.op("Unsqueeze", index, g.op("Constant", value_t=torch.tensor([-1])))
+        return g.op("ScatterND", self, rows, source)
+
+    torch.onnx.register_custom_op_symbolic("aten::index_copy", index_copy, OPSET)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::index_copy", OPSET)
+
+
+def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: list[int]) -> tuple[bytes, list[Key]]:
+    """The ONNX graph evaluating `sizes[b]` positions of every block b, and the clean values it reads."""
+    recorder = _Recorder(clean)
+    probes = [torch.zeros(size, dtype=torch.long, device=blocked.program.device) for size in sizes]
+    for engine, idx in zip(blocked.engines, probes):
+        _TracedRun(engine, recorder, fill).chunk(torch.zeros_like(idx), idx)  # type: ignore[arg-type]
+    values = [clean_value(clean, key) for key in recorder.keys]
+    names = ["fill", *(f"block{b}" for b in range(len(sizes))), *(f"clean{k}" for k in range(len(values)))]
+    buffer = io.BytesIO()
+    try:
+        with _row_pastes(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+            torch.onnx.export(
+                _Chunk(blocked, recorder.keys), (fill, *probes, *values), buffer, dynamo=False, opset_version=OPSET,
+                input_names=names, output_names=[f"out{b}" for b in range(len(sizes))],
+            )
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"the model cannot be lowered to ONNX for the ort backend ({str(e).splitlines()[0]}); use backend='torch'") from e
+    return buffer.getvalue(), recorder.keys
+
+
+@dataclass
+class _Session:
+    session: ort.InferenceSession
+    keys: list[Key]
+    runs: int
+    sizes: list[int]
+    inputs: set[str]  # the graph inputs the exporter kept (unused ones are dropped)
+
+
+class OrtEngine:
+    """A blocked engine's plan executed by ONNX Runtime; the session for a chunk size is built on first
+    use and reused for every later image."""
+
+    def __init__(self, blocked: BlockedEngine) -> None:
+        self.blocked, self.program = blocked, blocked.program
+        self.device = blocked.program.device
+        self.providers = providers(self.device)
+        self.sessions: dict[int, _Session] = {}
+        self.positions = [torch.as_tensor(e.grid.positions(), device=self.device) for e in blocked.engines]
+
+    @property
+    def strategy(self) -> str:
+        return self.blocked.strategy
+
+    @property
+    def source(self) -> str:
+        return self.blocked.source
+
+    @property
+    def node_modes(self) -> dict[str, str]:
+        return self.blocked.node_modes
+
+    def session(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> _Session:
+        """The session running chunks of about `batch_size` positions (built from this image's activations
+        the first time: only their shapes matter)."""
+        if batch_size not in self.sessions:
+            runs, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
+            model, keys = lower(self.blocked, clean, fill, sizes)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(model, options, providers=self.providers)
+            self.sessions[batch_size] = _Session(session, keys, runs, sizes, {i.name for i in session.get_inputs()})
+        return self.sessions[batch_size]
+
+    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (images, positions in the grid, model outputs), like `BlockedEngine.chunks`, for one image."""
+        if clean.image.shape[0] != 1:
+            raise SettingsError("the ort backend explains one image at a time")
+        s = self.session(clean, fill, batch_size)
+        binding = s.session.io_binding()
+        fill = fill.contiguous()
+        _bind(binding, "fill", fill, s.inputs)
+        held = [fill]  # tensors bound by address must outlive the runs
+        for k, key in enumerate(s.keys):
+            value = clean_value(clean, key).contiguous()
+            held.append(value)
+            _bind(binding, f"clean{k}", value, s.inputs)
+        outputs = []
+        for b, meta in enumerate(s.session.get_outputs()):
+            out = torch.empty(meta.shape, dtype=torch.float32, device=self.device)
+            binding.bind_output(meta.name, self.device.type, self.device.index or 0, np.float32, list(out.shape), out.data_ptr())
+            outputs.append(out)
+        for run in range(s.runs):
+            picked, valid = [], []
+            for b, size in enumerate(s.sizes):
+                count = len(self.positions[b])
+                idx = torch.arange(run * size, (run + 1) * size, device=self.device)
+                keep = idx < count
+                idx = torch.where(keep, idx, torch.zeros_like(idx))  # padding: position 0 again, discarded
+                held.append(idx)
+                _bind(binding, f"block{b}", idx, s.inputs)
+                picked.append(self.positions[b][idx[keep]])
+                valid.append(keep)
+            s.session.run_with_iobinding(binding)
+            positions = torch.cat(picked)
+            results = torch.cat([out[keep] for out, keep in zip(outputs, valid)])
+            yield torch.zeros_like(positions), positions, results
+        del held
+
+
+def _bind(binding: ort.IOBinding, name: str, value: torch.Tensor, inputs: set[str]) -> None:
+    if name in inputs:
+        binding.bind_input(name, value.device.type, value.device.index or 0, _ORT_TYPES[value.dtype], list(value.shape), value.data_ptr())
+
+
+class SessionCache:
+    """ORT engines kept for models the process explains again (same weights, plan and settings), so
+    sessions are built once. A torch module is recognised by identity while it lives, and its
+    parameters' storage and in-place version counters (a training step invalidates the entry)."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.entries: dict[Key, tuple[Callable[[], Any], OrtEngine]] = {}
+
+    @staticmethod
+    def identity(model: nn.Module | str) -> tuple[Callable[[], Any], Key]:
+        if isinstance(model, nn.Module):
+            state = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in model.state_dict(keep_vars=True).values())
+            return weakref.ref(model), (id(model), state)
+        return (lambda: True), ("onnx", model)  # the digest of an ONNX model's bytes
+
+    def get(self, model: nn.Module | str, settings: Key, build: Callable[[], OrtEngine]) -> OrtEngine:
+        """The engine for `model` (a module, or an ONNX model's digest) and `settings`, built when missing."""
+        alive, ident = self.identity(model)
+        key = (ident, settings)
+        entry = self.entries.get(key)
+        if entry is not None and entry[0]() is not None:
+            return entry[1]
+        engine = build()
+        self.entries[key] = (alive, engine)
+        while len(self.entries) > self.size:
+            self.entries.pop(next(iter(self.entries)))
+        return engine
