@@ -13,7 +13,7 @@ import numpy as np
 import hyinf
 from hyinf.cli import main
 from hyinf.cli.common import DB_HELP, pair, user_errors
-from hyinf.explain import MODES, OUTPUTS
+from hyinf.explain import BACKENDS, MODES, OUTPUTS
 
 
 @main.command()
@@ -28,6 +28,8 @@ from hyinf.explain import MODES, OUTPUTS
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--output", "score", type=click.Choice(OUTPUTS), default="raw", show_default=True, help="Score raw outputs or softmax probabilities.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+              help="torch: PyTorch; ort: ONNX Runtime (the plan lowered to one ONNX graph, built once per model and settings).")
 @click.option("--image-size", nargs=2, type=int, help="Resize the image to H W (default: the model's usual size).")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,
               help="Normalise pixels as the model expects (ImageNet mean and std for torchvision models).")
@@ -41,7 +43,7 @@ from hyinf.explain import MODES, OUTPUTS
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @user_errors
 def explain(model: str, image: Path | None, target: int | None, patch: str, stride: str, patch_value: float, patch_space: str,
-            mode: str, score: str, device: str, image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
+            mode: str, score: str, device: str, backend: str, image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
             max_memory: float | None, plan_file: Path | None, db_url: str | None, out_dir: Path, quiet: bool) -> None:
     """Occlusion heatmap of IMAGE under MODEL.
 
@@ -72,7 +74,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
         raise click.UsageError("--plan runs a hybrid plan; leave out --mode")
     result = hyinf.explain(
         loaded.module, loaded.normalise(pixels), target=target, patch=pair(patch), stride=pair(stride), patch_value=value,
-        mode=mode, plan=plan, db=db_url, device=device, output=score, batch_size=batch_size,
+        mode=mode, plan=plan, db=db_url, device=device, backend=backend, output=score, batch_size=batch_size,
         max_memory=None if max_memory is None else int(max_memory * 1024**3), progress=not quiet and sys.stderr.isatty(),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
         "image": str(image),
         "image_size": list(size),
         "settings": {"patch": list(result.grid.patch), "stride": list(result.grid.stride), "patch_value": patch_value,
-                     "patch_space": patch_space, "output": score, "device": device, "batch_size": result.batch_size},
+                     "patch_space": patch_space, "output": score, "device": device, "backend": backend, "batch_size": result.batch_size},
         "target": result.target,
         "target_label": label,
         "base_score": result.base_score,

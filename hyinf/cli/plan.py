@@ -18,7 +18,8 @@ from hyinf.cli.common import DB_HELP, pair, user_errors
 @click.option("--stride", default="8", show_default=True, help="Stride in pixels: N or HxW.")
 @click.option("--device", default="cpu", show_default=True, help="Plan for this device's costs: cpu or cuda.")
 @click.option("--profile", "cost_model_id", type=int, help="Plan with this stored cost model (`hyinf db info` lists them).")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
+              help="Plan for this backend's costs (ort without its own profile plans with the torch profile).")
 @click.option("--strategy", type=click.Choice(["optimal", "heuristic"]), default="optimal", show_default=True,
               help="optimal: minimum cut over the whole graph; heuristic: one switch from incremental to full.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Local state dict for torchvision:NAME (the plan does not depend on it).")

@@ -163,11 +163,12 @@ def _avg_pool(inp: Node, out: Node, kernel: Any, stride: Any, padding: Any, ceil
     ones = torch.ones((1, 1, *inp.spatial_size), device=device)
     args = (w.kernel, w.stride, _pair(padding), ceil_mode, count_include_pad)
     divisor = F.avg_pool2d(ones, *args, divisor_override=1) / F.avg_pool2d(ones, *args, divisor_override=divisor_override)
+    area = w.kernel[0] * w.kernel[1]
 
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, w.kernel, w.stride, 0, divisor_override=1)
+    def fn(x: torch.Tensor) -> torch.Tensor:  # windows hold their padding, so every mean is over the whole kernel
+        return F.avg_pool2d(x, w.kernel, w.stride, 0)  # not divisor_override: ONNX exporters drop it
 
-    return Spec(Op.AVG_POOL, (2, 3), w, macs=w.kernel[0] * w.kernel[1], local=LocalKernel(fn, 0.0, divisor))
+    return Spec(Op.AVG_POOL, (2, 3), w, macs=area, local=LocalKernel(fn, 0.0, divisor / area))
 
 
 def _adaptive(kind: str, inp: Node, out: Node, device: torch.device) -> Spec:

@@ -33,6 +33,7 @@ from hyinf.graph.ir import Node
 from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
 
 OPSET = 17
+CHECK_TOLERANCE = 1e-4  # of the output scale: the first chunk of a new session against the torch backend
 _ORT_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.float16: np.float16}
 Key = tuple[Any, ...]  # ("image",), ("base", node) or ("rows", node, pad, value): a clean value the graph reads
 
@@ -51,22 +52,22 @@ def providers(device: torch.device) -> list[str]:
 def run_sizes(block_sizes: list[int], budget: int) -> tuple[int, list[int]]:
     """How many runs, and how many positions of each block every run evaluates.
 
-    Every run evaluates a slice of every block, at most about `budget` positions in all. Blocks
-    whose size the runs do not divide are padded; the number of runs is chosen (from the fewest
-    the budget allows to twice as many) to compute the fewest padded positions.
+    Every run evaluates a slice of every block, at most `budget` positions in all (at least one per
+    block). Blocks the runs do not divide are padded. Of the run counts from the fewest the budget
+    allows to twice as many, the fewest whose padding is within 2% of the least is chosen.
     """
-    total = sum(block_sizes)
-    fewest = max(1, math.ceil(total / max(budget, 1)))
-    best: tuple[int, int, list[int]] | None = None
-    for runs in range(fewest, 2 * fewest + 1):
+    fewest = max(1, math.ceil(sum(block_sizes) / max(budget, 1)))
+    options: list[tuple[int, int, list[int]]] = []  # (positions computed, runs, sizes)
+    for runs in range(fewest, max(fewest, *block_sizes) + 1):
+        if options and runs > 2 * fewest:
+            break
         sizes = [math.ceil(p / runs) for p in block_sizes]
-        if sum(sizes) > max(budget, len(block_sizes)):
-            continue
-        computed = runs * sum(sizes)
-        if best is None or computed < best[0]:
-            best = (computed, runs, sizes)
-    assert best is not None
-    return best[1], best[2]
+        if sum(sizes) <= max(budget, len(block_sizes)):
+            needed = max(math.ceil(p / s) for p, s in zip(block_sizes, sizes))  # runs that still hold positions
+            options.append((needed * sum(sizes), needed, sizes))
+    least = min(computed for computed, _, _ in options)
+    _, runs, sizes = min((o for o in options if o[0] <= 1.02 * least), key=lambda o: o[1])
+    return runs, sizes
 
 
 class _Recorder:
@@ -171,21 +172,25 @@ def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: 
     probes = [torch.zeros(size, dtype=torch.long, device=blocked.program.device) for size in sizes]
     for engine, idx in zip(blocked.engines, probes):
         _TracedRun(engine, recorder, fill).chunk(torch.zeros_like(idx), idx)  # type: ignore[arg-type]
-    values = [clean_value(clean, key) for key in recorder.keys]
+    values = [clean_value(clean, key).clone() for key in recorder.keys]  # distinct tensors: the tracer merges repeated ones into one input
     names = ["fill", *(f"block{b}" for b in range(len(sizes))), *(f"clean{k}" for k in range(len(values)))]
+    module, args, outputs = _Chunk(blocked, recorder.keys), (fill, *probes, *values), [f"out{b}" for b in range(len(sizes))]
     buffer = io.BytesIO()
-    try:
-        with _row_pastes(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
-            torch.onnx.export(
-                _Chunk(blocked, recorder.keys), (fill, *probes, *values), buffer, dynamo=False, opset_version=OPSET,
-                input_names=names, output_names=[f"out{b}" for b in range(len(sizes))],
-            )
-    except ModelError:
-        raise
-    except Exception as e:
-        raise ModelError(f"the model cannot be lowered to ONNX for the ort backend ({str(e).splitlines()[0]}); use backend='torch'") from e
-    return buffer.getvalue(), recorder.keys
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
+        try:  # the TorchScript exporter: a few seconds where torch.export takes minutes
+            with _row_pastes():
+                torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET, input_names=names, output_names=outputs)
+            return buffer.getvalue(), recorder.keys
+        except ModelError:
+            raise
+        except Exception as e:
+            first = str(e).splitlines()[0]
+        try:  # torch.export decomposes what the TorchScript exporter lacks (e.g. adaptive pooling that upsamples)
+            program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs, verbose=False)
+            return program.model_proto.SerializeToString(), recorder.keys
+        except Exception as e:
+            raise ModelError(f"the model cannot be lowered to ONNX for the ort backend ({first}; {str(e).splitlines()[0]}); use backend='torch'") from e
 
 
 @dataclass
@@ -221,8 +226,9 @@ class OrtEngine:
         return self.blocked.node_modes
 
     def session(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> _Session:
-        """The session running chunks of about `batch_size` positions (built from this image's activations
-        the first time: only their shapes matter)."""
+        """The session running chunks of about `batch_size` positions, built the first time from this
+        image's activations (only their shapes matter) and checked against the torch backend on its
+        first chunk, so an exporter that mistranslates an operator fails loudly instead of silently."""
         if batch_size not in self.sessions:
             runs, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
             model, keys = lower(self.blocked, clean, fill, sizes)
@@ -230,43 +236,54 @@ class OrtEngine:
             options.intra_op_num_threads = torch.get_num_threads()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(model, options, providers=self.providers)
-            self.sessions[batch_size] = _Session(session, keys, runs, sizes, {i.name for i in session.get_inputs()})
+            built = _Session(session, keys, runs, sizes, {i.name for i in session.get_inputs()})
+            self._check(built, clean, fill)
+            self.sessions[batch_size] = built
         return self.sessions[batch_size]
 
-    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (images, positions in the grid, model outputs), like `BlockedEngine.chunks`, for one image."""
-        if clean.image.shape[0] != 1:
-            raise SettingsError("the ort backend explains one image at a time")
-        s = self.session(clean, fill, batch_size)
+    def _check(self, s: _Session, clean: CleanImage, fill: torch.Tensor) -> None:
+        for engine, (idx, out) in zip(self.blocked.engines, next(self._runs(s, clean, fill))):
+            if len(idx):
+                expected = ImageRun(engine, clean, fill).chunk(torch.zeros_like(idx), idx)
+                error = float((out - expected).abs().max())
+                if error > CHECK_TOLERANCE * max(float(expected.abs().max()), 1e-6):
+                    raise ModelError(f"ONNX Runtime's lowering of this model disagrees with PyTorch (max difference {error:.3g}): "
+                                     "an operator was exported wrongly; use backend='torch'")
+
+    def _runs(self, s: _Session, clean: CleanImage, fill: torch.Tensor) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per run, each block's (positions within the block, model outputs) for one image."""
         binding = s.session.io_binding()
         fill = fill.contiguous()
         _bind(binding, "fill", fill, s.inputs)
         held = [fill]  # tensors bound by address must outlive the runs
         for k, key in enumerate(s.keys):
-            value = clean_value(clean, key).contiguous()
-            held.append(value)
-            _bind(binding, f"clean{k}", value, s.inputs)
+            held.append(clean_value(clean, key).contiguous())
+            _bind(binding, f"clean{k}", held[-1], s.inputs)
         outputs = []
-        for b, meta in enumerate(s.session.get_outputs()):
+        for meta in s.session.get_outputs():
             out = torch.empty(meta.shape, dtype=torch.float32, device=self.device)
             binding.bind_output(meta.name, self.device.type, self.device.index or 0, np.float32, list(out.shape), out.data_ptr())
             outputs.append(out)
         for run in range(s.runs):
-            picked, valid = [], []
+            valid = []
             for b, size in enumerate(s.sizes):
-                count = len(self.positions[b])
                 idx = torch.arange(run * size, (run + 1) * size, device=self.device)
-                keep = idx < count
-                idx = torch.where(keep, idx, torch.zeros_like(idx))  # padding: position 0 again, discarded
-                held.append(idx)
-                _bind(binding, f"block{b}", idx, s.inputs)
-                picked.append(self.positions[b][idx[keep]])
-                valid.append(keep)
+                keep = idx < len(self.positions[b])
+                padded = torch.where(keep, idx, torch.zeros_like(idx))  # padding: position 0 again, discarded
+                held.append(padded)
+                _bind(binding, f"block{b}", padded, s.inputs)
+                valid.append((idx, keep))
             s.session.run_with_iobinding(binding)
-            positions = torch.cat(picked)
-            results = torch.cat([out[keep] for out, keep in zip(outputs, valid)])
+            yield [(idx[keep], out[keep]) for (idx, keep), out in zip(valid, outputs)]
+
+    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (images, positions in the grid, model outputs), like `BlockedEngine.chunks`, for one image."""
+        if clean.image.shape[0] != 1:
+            raise SettingsError("the ort backend explains one image at a time")
+        for blocks in self._runs(self.session(clean, fill, batch_size), clean, fill):
+            positions = torch.cat([self.positions[b][idx] for b, (idx, _) in enumerate(blocks)])
+            results = torch.cat([out for _, out in blocks])
             yield torch.zeros_like(positions), positions, results
-        del held
 
 
 def _bind(binding: ort.IOBinding, name: str, value: torch.Tensor, inputs: set[str]) -> None:

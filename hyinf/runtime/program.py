@@ -15,9 +15,10 @@ class LocalKernel:
     """A local op evaluated on windows that already hold their padding.
 
     `fn` runs the op with padding 0. `pad_value` fills rows outside the map (0 for convolution and
-    average pooling, -inf for max pooling). For average pooling `fn` returns window sums and
-    `divisor` holds the divisor of every output element, shape (1, 1, rows, cols), so
-    count_include_pad, ceil_mode and divisor_override behave exactly as in the full op.
+    average pooling, -inf for max pooling). For average pooling `fn` returns means over the whole
+    kernel and `divisor` holds every output element's divisor over the kernel area, shape
+    (1, 1, rows, cols), so count_include_pad, ceil_mode and divisor_override behave exactly as in
+    the full op.
     """
 
     fn: Callable[[torch.Tensor], torch.Tensor]

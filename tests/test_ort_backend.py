@@ -1,0 +1,149 @@
+"""The ONNX Runtime backend: every plan it runs equals naive re-inference (torch and ORT) and the
+torch backend, to 1e-4 of the score scale."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from torch import nn
+
+import hyinf
+from conftest import assert_close_to, random_plan, seeded
+from random_cnn import random_cnns
+from test_onnx import PATCH, STRIDE, _export, opset9_graph, ort_scores, shuffle_graph
+from hyinf.cli import main
+from hyinf.errors import PlanWarning, SettingsError
+from hyinf.explain import _ORT_ENGINES
+from hyinf.runtime.ort_backend import run_sizes
+
+
+def assert_ort_matches(model: nn.Module, image: torch.Tensor, *, plans: int = 1, **kw) -> None:
+    """Naive, full, incremental, hybrid and random plans on ORT equal naive torch and the torch backend."""
+    reference = hyinf.explain(model, image, mode="naive", **kw)
+    assert float(reference.heatmap.abs().max()) > 0, "the patch never changes the output"
+    for mode in ("naive", "full", "incremental", "hybrid"):
+        on_ort = hyinf.explain(model, image, mode=mode, backend="ort", **kw)
+        assert_close_to(reference.scores, on_ort.scores, f"ort {mode}")
+        if mode != "naive":
+            assert_close_to(hyinf.explain(model, image, mode=mode, **kw).scores, on_ort.scores, f"ort vs torch {mode}")
+    for seed in range(plans):
+        plan = random_plan(model, (1, *image.shape[-3:]), seed)
+        assert_close_to(reference.scores, hyinf.explain(model, image, plan=plan, backend="ort", **kw).scores, f"ort random plan {seed}")
+
+
+@pytest.mark.parametrize(("name", "size"), [("resnet18", 48), ("mobilenet_v3_small", 48), ("densenet121", 32),
+                                             ("squeezenet1_1", 48), ("efficientnet_b0", 32)])
+def test_torchvision_families(name: str, size: int) -> None:
+    seeded()
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    assert_ort_matches(model, torch.rand(3, size, size), patch=8, stride=8, plans=1)
+
+
+def test_what_the_torchscript_exporter_lacks_goes_through_torch_export() -> None:
+    """vgg11 at 32 px upsamples 1x1 maps to 7x7 (adaptive pooling), which only torch.export lowers."""
+    seeded()
+    model = torchvision.models.vgg11(weights=None, num_classes=10).eval()
+    image = torch.rand(3, 32, 32)
+    reference = hyinf.explain(model, image, patch=8, stride=8, mode="naive")
+    assert_close_to(reference.scores, hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort").scores, "vgg11")
+
+
+@pytest.mark.parametrize(("name", "dynamo", "dynamic_batch"), [("resnet18", False, True), ("mobilenet_v3_small", True, False)])
+def test_exported_models_match_ort_reinference(name: str, dynamo: bool, dynamic_batch: bool) -> None:
+    seeded()
+    proto = _export(getattr(torchvision.models, name)(weights=None).eval(), 32, dynamo, dynamic_batch)
+    image = torch.randn(3, 32, 32)
+    first = hyinf.explain(proto, image, patch=PATCH, stride=STRIDE, mode="naive", backend="ort")
+    reference = ort_scores(proto, image, first.target)
+    assert_close_to(reference, first.scores, f"{name} naive on ort")
+    for mode in ("incremental", "hybrid"):
+        result = hyinf.explain(proto, image, patch=PATCH, stride=STRIDE, target=first.target, mode=mode, backend="ort")
+        assert_close_to(reference, result.scores, f"{name} {mode} on ort")
+
+
+@pytest.mark.parametrize("make", [opset9_graph, shuffle_graph], ids=["opset9", "shuffle"])
+def test_hand_built_graphs(make) -> None:
+    """opset9_graph holds an operator hyinf has no torch form for: ORT must run it, not a traced constant."""
+    seeded()
+    proto, image = make(), torch.rand(3, 16, 16)
+    target = hyinf.explain(proto, image, patch=PATCH, stride=STRIDE, mode="naive").target
+    reference = ort_scores(proto, image, target)
+    for mode in ("naive", "full", "incremental", "hybrid"):
+        result = hyinf.explain(proto, image, patch=PATCH, stride=STRIDE, target=target, mode=mode, backend="ort")
+        assert_close_to(reference, result.scores, f"{make.__name__} {mode} on ort")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(random_cnns())
+def test_random_cnns(case) -> None:
+    model, image, patch, stride = case
+    reference = hyinf.explain(model, image, patch=patch, stride=stride, mode="naive")
+    plan = random_plan(model, (1, *image.shape), seed=int(image.abs().sum() * 1000) % 97)
+    for kw in ({"mode": "incremental"}, {"plan": plan}):
+        result = hyinf.explain(model, image, patch=patch, stride=stride, backend="ort", batch_size=5, **kw)
+        assert_close_to(reference.scores, result.scores, f"ort {kw}")
+
+
+def test_sessions_are_reused_until_the_weights_change() -> None:
+    seeded()
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    image = torch.rand(3, 32, 32)
+    first = hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort")
+    engines = {id(e) for _, e in _ORT_ENGINES.entries.values()}
+    again = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="incremental", backend="ort")
+    assert {id(e) for _, e in _ORT_ENGINES.entries.values()} == engines  # found, not rebuilt
+    assert not torch.equal(first.scores, again.scores)
+    with torch.no_grad():
+        model.fc.weight.mul_(-2.0)  # an in-place update, as a training step makes
+    changed = hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort")
+    assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, changed.scores, "after the weights changed")
+
+
+def test_a_torch_plan_runs_on_ort_with_a_warning(tmp_path) -> None:
+    seeded()
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    image = torch.rand(3, 32, 32)
+    from hyinf.graph.geometry import OcclusionGrid
+    from hyinf.graph.torch_frontend import trace_torch
+    from hyinf.planner.select import make_plan
+    from hyinf.profiler.machine import fingerprint
+
+    graph = trace_torch(model, (1, 3, 32, 32)).graph
+    document = make_plan(graph, OcclusionGrid.make((32, 32), 8, 8), fingerprint(torch.device("cpu")), model_name="r", db=None)
+    with pytest.warns(PlanWarning, match="backend torch"):
+        result = hyinf.explain(model, image, patch=8, stride=8, plan=document, backend="ort")
+    assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, result.scores, "torch plan on ort")
+
+
+def test_run_sizes_cover_every_block_within_the_budget() -> None:
+    for blocks, budget in [([729], 64), ([100, 170, 170, 289], 64), ([1, 25, 1, 25, 625, 25, 1, 25, 1], 64), ([3], 64), ([5, 7], 1)]:
+        runs, sizes = run_sizes(blocks, budget)
+        assert all(runs * s >= p for s, p in zip(sizes, blocks))
+        assert sum(sizes) <= max(budget, len(blocks))
+    assert run_sizes([729], 64) == (12, [61])
+
+
+def test_bad_backend_settings() -> None:
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    with pytest.raises(SettingsError, match="backend must be one of"):
+        hyinf.explain(model, torch.rand(3, 32, 32), backend="tensorrt")
+
+
+def test_cli_explain_on_ort(tmp_path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = CliRunner().invoke(main, ["explain", "demo", "--backend", "ort", "--quiet", "--out", str(tmp_path / "o")])
+    assert out.exit_code == 0, out.output
+    reference = CliRunner().invoke(main, ["explain", "demo", "--mode", "naive", "--quiet", "--out", str(tmp_path / "n")])
+    assert reference.exit_code == 0, reference.output
+    import numpy as np
+
+    a, b = np.load(tmp_path / "o" / "heatmap.npy"), np.load(tmp_path / "n" / "heatmap.npy")
+    assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1e-6)
+    bad = CliRunner().invoke(main, ["explain", "demo", "--backend", "ort", "--device", "cuda", "--quiet", "--out", str(tmp_path / "c")])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
