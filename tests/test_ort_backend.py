@@ -17,7 +17,7 @@ from conftest import assert_close_to, random_plan, seeded
 from random_cnn import random_cnns
 from test_onnx import PATCH, STRIDE, _export, opset9_graph, ort_scores, shuffle_graph
 from hyinf.cli import main
-from hyinf.errors import PlanWarning, SettingsError
+from hyinf.errors import PlanWarning
 from hyinf.explain import _ORT_ENGINES
 from hyinf.runtime.ort_backend import run_sizes
 
@@ -127,11 +127,6 @@ def test_run_sizes_cover_every_block_within_the_budget() -> None:
         assert sum(sizes) <= max(budget, len(blocks))
     assert run_sizes([729], 64) == (12, [61])
 
-
-def test_bad_backend_settings() -> None:
-    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-    with pytest.raises(SettingsError, match="backend must be one of"):
-        hyinf.explain(model, torch.rand(3, 32, 32), backend="tensorrt")
 
 
 def test_cli_explain_on_ort(tmp_path) -> None:
