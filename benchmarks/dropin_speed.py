@@ -19,18 +19,14 @@ import torchvision
 from captum.attr import Occlusion as CaptumOcclusion
 
 import hyinf
-from engine_speed import machine, write_section
+from engine_speed import machine, setting_arguments, write_section
 
 TOLERANCE = 1e-4  # max attribution error relative to the largest attribution
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["resnet18", "vgg16"])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--patch", type=int, default=16)
-    parser.add_argument("--stride", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    setting_arguments(parser, ["resnet18", "vgg16"])
     parser.add_argument("--captum-batch", type=int, default=16, help="captum's perturbations_per_eval")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()

@@ -61,6 +61,15 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def setting_arguments(parser: argparse.ArgumentParser, models: list[str], repeats_help: str = "interleaved rounds") -> None:
+    """The options every benchmark shares: models, image size, patch, stride, rounds."""
+    parser.add_argument("--models", nargs="+", default=models)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help=repeats_help)
+
+
 def flop_bound(model: torch.nn.Module, size: int, patch: int, stride: int) -> float:
     graph = trace_torch(model, (1, 3, size, size)).graph
     regions = changed_regions(graph, OcclusionGrid.make((size, size), patch, stride))
@@ -121,11 +130,7 @@ def table(rows: list[Row], size: int, patch: int, stride: int, repeats: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet18"])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--patch", type=int, default=16)
-    parser.add_argument("--stride", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    setting_arguments(parser, ["vgg16", "resnet18"])
     parser.add_argument("--quick", action="store_true", help="resnet18 and vgg11, stride 16, 2 rounds")
     parser.add_argument("--write", type=Path, help="replace the engine section of this markdown file with the table")
     args = parser.parse_args()

@@ -24,7 +24,7 @@ import torch
 import torchvision
 
 import hyinf
-from engine_speed import check, machine, write_section
+from engine_speed import check, machine, setting_arguments, write_section
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.onnx_frontend import load_onnx
 from hyinf.graph.torch_frontend import trace_torch
@@ -110,11 +110,7 @@ def table(rows: list[dict], size: int, patch: int, stride: int, repeats: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["resnet18", "vgg16"])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--patch", type=int, default=16)
-    parser.add_argument("--stride", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds, the first of which builds the sessions")
+    setting_arguments(parser, ["resnet18", "vgg16"], "rounds, the first of which builds the sessions")
     parser.add_argument("--quick", action="store_true", help="resnet18 at stride 16")
     parser.add_argument("--write", type=Path, help="replace the ORT section of this markdown file with the table")
     args = parser.parse_args()

@@ -235,6 +235,7 @@ class OrtEngine:
             options = ort.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.enable_cpu_mem_arena = False  # an arena keeps each cached session's peak (GBs for vgg16) for good
             session = ort.InferenceSession(model, options, providers=self.providers)
             built = _Session(session, keys, runs, sizes, {i.name for i in session.get_inputs()})
             self._check(built, clean, fill)
