@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from hyinf import drilldown
 from hyinf.errors import HyinfError, ModelError, SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
 from hyinf.graph.onnx_frontend import is_onnx, load_onnx
@@ -23,6 +24,7 @@ from hyinf.planner.select import choose_plan
 from hyinf.plans_db import Database
 from hyinf.plans_db.location import existing_database
 from hyinf.profiler.machine import fingerprint
+from hyinf.quality import Quality, compare
 from hyinf.runtime.budget import batch_size_for, bytes_per_position
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
@@ -57,6 +59,27 @@ class Explanation:
     batch_size: int
     timings: dict[str, float] = field(default_factory=dict)
     node_modes: dict[str, str] = field(default_factory=dict)
+    approximation: Approximation | None = None  # None: exact
+
+
+@dataclass(frozen=True)
+class Approximation:
+    """What an approximate run did: its settings, the occluded images it evaluated (coarse and fine
+    passes together; the exact run evaluates `exact_positions`), and, when asked for, its distance
+    from the exact heatmap."""
+
+    threshold: float
+    drill_down: float
+    coarse_stride: tuple[int, int] | None
+    positions: int
+    exact_positions: int
+    quality: Quality | None = None
+
+    def describe(self) -> str:
+        parts = [f"projective-field threshold {self.threshold:g}"] if self.threshold < 1 else []
+        if self.coarse_stride is not None:
+            parts.append(f"drill-down {self.drill_down:g} from stride {self.coarse_stride[0]}x{self.coarse_stride[1]}")
+        return f"approximate ({', '.join(parts)}; {self.positions} of {self.exact_positions} occluded images)"
 
 
 def _as_batch(image: torch.Tensor) -> torch.Tensor:
@@ -117,12 +140,12 @@ def collect_scores(
     bar: tqdm,
 ) -> torch.Tensor:
     """(images, positions) scores from (images, positions, outputs) chunks; `select(outputs, images)`
-    picks each row's target score."""
+    picks each row's target score. Positions no chunk holds are NaN."""
     scores: torch.Tensor | None = None
     for images, positions, outputs in chunks:
         chosen = select(outputs, images)
         if scores is None:
-            scores = torch.empty(shape, dtype=chosen.dtype, device=chosen.device)
+            scores = torch.full(shape, math.nan, dtype=chosen.dtype, device=chosen.device)
         scores[images, positions] = chosen
         bar.update(len(outputs))
     assert scores is not None
@@ -144,6 +167,57 @@ def attribution_from(heatmap: torch.Tensor, grid: OcclusionGrid, shape: torch.Si
     return mean.to(heatmap.dtype).expand(shape).clone()
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """One grid ready to run: the clean output, and its chunks at every position or at chosen ones."""
+
+    base_out: torch.Tensor
+    chunks: Callable[[torch.Tensor | None], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+    batch_size: int
+    mode: str
+    node_modes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    mode: str
+    plan: Plan | PlanDocument | None
+    db: str | None
+    backend: str
+    batch_size: int | None
+    max_memory: int | None
+
+
+def _naive_pass(model: nn.Module, batch: torch.Tensor, grid: OcclusionGrid, fill: torch.Tensor, s: _Settings) -> _Pass:
+    try:
+        base_out = model(batch)
+    except Exception as e:
+        raise ModelError(f"the model fails on a {tuple(batch.shape)} image: {str(e).splitlines()[0]}") from e
+    try:  # the engine's estimate sizes the batches when the model can be traced
+        per_position = bytes_per_position(compile_engine(trace_torch(model, tuple(batch.shape), batch.device), grid, "full", None))
+    except HyinfError:  # untraceable: assume activations of 64 images' size per position
+        per_position = 64 * batch.numel() * batch.element_size()
+    size = batch_size_for(per_position, len(grid), s.max_memory, s.batch_size)
+    return _Pass(base_out, lambda only: naive_chunks(model, batch, grid, fill, size, only), size, "naive", {})
+
+
+def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch: torch.Tensor, grid: OcclusionGrid,
+                 fill: torch.Tensor, s: _Settings) -> _Pass:
+    if s.mode == "naive":  # the whole model on every occluded image, in ONNX Runtime
+        engine = BlockedEngine(program, grid, [(grid, Plan.uniform("full"))])
+    else:
+        engine = compile_engine(program, grid, s.mode, s.plan, db=s.db, backend=s.backend)
+    size = batch_size_for(bytes_per_position(engine), len(grid), s.max_memory, s.batch_size)
+    clean = CleanImage(program, batch)
+    runner: BlockedEngine | OrtEngine = engine
+    if s.backend == "ort":
+        settings = (tuple(batch.shape), grid, s.mode, _plan_key(engine), str(batch.device), size)
+        runner = _ORT_ENGINES.get(identity, settings, lambda: OrtEngine(engine)) if identity is not None else OrtEngine(engine)
+        runner.session(clean, fill, size)  # built (or found) now, so compile_s holds it
+    mode = s.mode if s.mode == "naive" else f"{s.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''})"
+    return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes)
+
+
 def explain(
     model: nn.Module | onnx.ModelProto | str,
     image: torch.Tensor,
@@ -160,9 +234,14 @@ def explain(
     output: str = "raw",
     batch_size: int | None = None,
     max_memory: int | None = None,
+    approx_threshold: float = 1.0,
+    drill_down: float = 1.0,
+    coarse_stride: int | tuple[int, int] | None = None,
+    check_exact: bool = False,
     progress: bool = False,
 ) -> Explanation:
-    """Occlusion heatmap of `image` under `model`, equal to naive re-inference of every occluded image.
+    """Occlusion heatmap of `image` under `model`, equal to naive re-inference of every occluded image
+    unless an approximation is asked for.
 
     `model` is a torch module, an `onnx.ModelProto` or the path of an .onnx file.
     `mode` picks the evaluation: "naive" re-runs the model per occluded image, "full" and
@@ -172,6 +251,12 @@ def explain(
     from a plan file) overrides the choice. `patch_value` is a scalar or one value per
     channel, in the model's input space. `output="softmax"` scores class probabilities instead of raw outputs. Positions are evaluated
     `batch_size` at a time, by default as many as fit in `max_memory` bytes.
+
+    Approximations (docs/approximate.md): `approx_threshold` < 1 caps every incrementally evaluated
+    node's changed window at that fraction of its map's side; `drill_down` < 1 runs a coarse pass at
+    `coarse_stride` (default twice `stride`) and the fine stride only over that fraction of the
+    coarse cells where the coarse heatmap is highest. `check_exact` also runs the exact heatmap and
+    reports the distance in `approximation.quality`.
     """
     if mode not in MODES:
         raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -181,62 +266,78 @@ def explain(
         raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     dev = resolve_device(device)
     batch = _as_batch(image).to(dev)
+    source = model
     identity: nn.Module | str | None = model if isinstance(model, nn.Module) else None
     if is_onnx(model):
         loaded = load_onnx(model, tuple(batch.shape[-2:]))  # type: ignore[arg-type]
         model, identity = loaded.module, loaded.digest
-    grid = OcclusionGrid.make(tuple(batch.shape[-2:]), patch, stride)  # type: ignore[arg-type]
+    grid = OcclusionGrid.make(tuple(batch.shape[-2:]), patch, stride, approx_threshold)  # type: ignore[arg-type]
+    if grid.threshold < 1 and mode in ("naive", "full"):
+        raise SettingsError(f"the projective-field threshold cuts incrementally evaluated windows; mode {mode!r} has none: "
+                            "use mode 'hybrid' or 'incremental'")
+    coarse_grid = grid.with_stride(coarse_stride if coarse_stride is not None else (2 * grid.stride[0], 2 * grid.stride[1]))
+    drilldown.check_drill_down(drill_down, coarse_grid.stride, grid)
+    drilling = drill_down < 1
     fill = patch_fill(patch_value, batch.shape[1], dev, batch.dtype)
+    settings = _Settings(mode, plan, db, backend, batch_size, max_memory)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
     with torch.no_grad():
         if mode == "naive" and backend == "torch":
             model = model.to(dev).eval()
-            try:
-                base_out = model(batch)
-            except Exception as e:
-                raise ModelError(f"the model fails on a {tuple(batch.shape)} image: {str(e).splitlines()[0]}") from e
-            node_modes: dict[str, str] = {}
-            try:  # the engine's estimate sizes the batches when the model can be traced
-                per_position = bytes_per_position(compile_engine(trace_torch(model, tuple(batch.shape), dev), grid, "full", None))
-            except HyinfError:  # untraceable: assume activations of 64 images' size per position
-                per_position = 64 * batch.numel() * batch.element_size()
-            size = batch_size_for(per_position, len(grid), max_memory, batch_size)
-            chunks: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = naive_chunks(model, batch, grid, fill, size)
+
+            def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
+                return _naive_pass(model, batch, g, fill, s)
         else:
             program = trace_torch(model, tuple(batch.shape), dev)
             timings["trace_s"] = time.perf_counter() - clock
-            if mode == "naive":  # the whole model on every occluded image, in ONNX Runtime
-                engine = BlockedEngine(program, grid, [(grid, Plan.uniform("full"))])
-            else:
-                engine = compile_engine(program, grid, mode, plan, db=db, backend=backend)
-            strategy = engine.strategy if not engine.source else f"{engine.strategy}, {engine.source}"
-            node_modes = engine.node_modes
-            size = batch_size_for(bytes_per_position(engine), len(grid), max_memory, batch_size)
-            clean = CleanImage(program, batch)
-            base_out = clean.output
-            runner: BlockedEngine | OrtEngine = engine
-            if backend == "ort":
-                settings = (tuple(batch.shape), grid, mode, _plan_key(engine), str(dev), size)
-                runner = _ORT_ENGINES.get(identity, settings, lambda: OrtEngine(engine)) if identity is not None else OrtEngine(engine)
-                runner.session(clean, fill, size)  # built (or found) now, so compile_s holds it
-            timings["compile_s"] = time.perf_counter() - clock - timings["trace_s"]
-            chunks = runner.chunks(clean, fill, size)
 
-        classes = math.prod(base_out.shape[1:])
+            def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
+                return _engine_pass(program, identity, batch, g, fill, s)
+        fine = prepare(grid, settings)
+        # the coarse grid has its own plan: only a plan of modes per node (not a document for the fine grid) carries over
+        coarse = prepare(coarse_grid, replace(settings, plan=plan if isinstance(plan, Plan) else None)) if drilling else None
+        timings["compile_s"] = time.perf_counter() - clock - timings.get("trace_s", 0.0)
+
+        classes = math.prod(fine.base_out.shape[1:])
         if target is None:
-            target = int(base_out.reshape(1, -1).argmax())
+            target = int(fine.base_out.reshape(1, -1).argmax())
         if not isinstance(target, int) or not 0 <= target < classes:
             raise SettingsError(f"target {target!r} is outside the model's {classes} outputs (0 .. {classes - 1})")
-        base_score = float(_scores(base_out, target, output)[0])
+        base_score = float(_scores(fine.base_out, target, output)[0])
+
+        def select(out: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            return _scores(out, target, output)
+
         start = time.perf_counter()
-        with tqdm(total=len(grid), desc=f"occlusion ({mode})", unit="pos", disable=not progress, leave=False) as bar:
-            scores = collect_scores(chunks, (1, len(grid)), lambda out, _: _scores(out, target, output), bar)[0]
+        with tqdm(total=len(coarse_grid) if coarse else len(grid), desc=f"occlusion ({mode})", unit="pos", disable=not progress, leave=False) as bar:
+            if coarse is None:
+                scores = collect_scores(fine.chunks(None), (1, len(grid)), select, bar)[0]
+                evaluated = len(grid)
+            else:
+                coarse_scores = collect_scores(coarse.chunks(None), (1, len(coarse_grid)), select, bar)[0]
+                chosen = drilldown.selected(base_score - coarse_scores, grid, coarse_grid, drill_down) & ~drilldown.shared(grid, coarse_grid)
+                only = torch.as_tensor(chosen, device=dev)
+                bar.total += int(chosen.sum())
+                bar.refresh()
+                fine_scores = collect_scores(fine.chunks(only), (1, len(grid)), select, bar)[0]
+                scores = drilldown.combine(fine_scores, only, coarse_scores, grid, coarse_grid)
+                evaluated = len(coarse_grid) + int(chosen.sum())
         timings["positions_s"] = time.perf_counter() - start
     timings["total_s"] = time.perf_counter() - clock
     scores = scores.reshape(grid.shape).cpu()
     heatmap = base_score - scores
+    approximation = None
+    if grid.threshold < 1 or drilling:
+        quality = None
+        if check_exact:
+            exact = explain(source, image, target=target, patch=patch, stride=stride, patch_value=patch_value, mode=mode,
+                            plan=plan if isinstance(plan, Plan) else None, db=db, backend=backend, device=device, output=output,
+                            batch_size=batch_size, max_memory=max_memory, progress=progress)
+            quality = compare(heatmap, exact.heatmap)
+            timings["exact_s"] = exact.timings["total_s"]
+        approximation = Approximation(grid.threshold, drill_down, coarse_grid.stride if drilling else None, evaluated, len(grid), quality)
     return Explanation(
         scores=scores,
         heatmap=heatmap,
@@ -244,9 +345,9 @@ def explain(
         target=target,
         base_score=base_score,
         grid=grid,
-        mode=mode if mode == "naive" else f"{mode} ({strategy})",
-        batch_size=size,
+        mode=fine.mode if approximation is None else f"{fine.mode}, {approximation.describe()}",
+        batch_size=fine.batch_size,
         timings=timings,
-        node_modes=node_modes,
+        node_modes=fine.node_modes,
+        approximation=approximation,
     )
-

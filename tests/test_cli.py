@@ -80,6 +80,24 @@ def test_exported_and_scripted_models_run(tmp_path, photo) -> None:
     np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
 
 
+def test_approximate_run_reports_its_distance_from_exact(tmp_path) -> None:
+    out = tmp_path / "approx"
+    result = invoke("explain", "--approx-threshold", "0.3", "--drill-down", "0.4", "--coarse-stride", "16", "--check-exact", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "approximate (projective-field threshold 0.3, drill-down 0.4 from stride 16x16" in result.output
+    assert "distance from exact" in result.output and "SSIM" in result.output
+    approx = json.loads((out / "report.json").read_text())["approximation"]
+    assert approx["approx_threshold"] == 0.3 and approx["coarse_stride"] == [16, 16]
+    assert approx["occluded_images"] < approx["exact_occluded_images"] == 15 * 15
+    assert 0 < approx["quality"]["ssim"] <= 1 and approx["quality"]["top_k"] == 23
+    plan = tmp_path / "plan.json"
+    assert invoke("plan", "demo", "--approx-threshold", "0.3", "-o", str(plan), "--db", f"sqlite:///{tmp_path / 'p.db'}").exit_code == 0
+    assert json.loads(plan.read_text())["settings"]["approx_threshold"] == 0.3
+    same = invoke("explain", "--approx-threshold", "0.3", "--plan", str(plan), "--out", str(tmp_path / "p"), "--quiet")
+    assert same.exit_code == 0, same.output
+    assert_one_line_error(invoke("explain", "--plan", str(plan), "--out", str(tmp_path / "q")), "projective-field threshold 0.3", "this run uses")
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -88,8 +106,12 @@ def test_exported_and_scripted_models_run(tmp_path, photo) -> None:
         (["--target", "99"], ["target 99", "outside"]),
         (["--mode", "magic"], ["magic"]),
         (["--device", "cuda"], ["cuda"] if not torch.cuda.is_available() else []),
+        (["--approx-threshold", "0"], ["threshold", "(0, 1]"]),
+        (["--approx-threshold", "0.5", "--mode", "naive"], ["threshold", "mode 'naive'"]),
+        (["--drill-down", "1.5"], ["drill-down ratio", "(0, 1]"]),
+        (["--drill-down", "0.5", "--coarse-stride", "4"], ["coarse stride", "at least the fine stride"]),
     ],
-    ids=["patch-too-big", "stride-0", "target-outside", "unknown-mode", "no-cuda"],
+    ids=["patch-too-big", "stride-0", "target-outside", "unknown-mode", "no-cuda", "threshold-0", "threshold-naive", "ratio-big", "coarse-small"],
 )
 def test_bad_settings_give_one_line(args, words) -> None:
     if not words:

@@ -39,12 +39,19 @@ from hyinf.explain import BACKENDS, MODES, OUTPUTS
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run this plan file (from `hyinf plan -o` or `hyinf plans export`) instead of choosing one.")
 @click.option("--db", "db_url", help=DB_HELP)
+@click.option("--approx-threshold", "threshold", type=float, default=1.0, show_default=True,
+              help="Projective-field threshold TAU in (0, 1]: incremental windows span at most TAU of each map's side (1 = exact).")
+@click.option("--drill-down", "ratio", type=float, default=1.0, show_default=True,
+              help="Drill-down RATIO in (0, 1]: a coarse pass, then the fine stride only over this fraction of it where the heatmap is highest (1 = exact).")
+@click.option("--coarse-stride", help="Stride of the drill-down's coarse pass: N or HxW (default: twice --stride).")
+@click.option("--check-exact", is_flag=True, help="Also compute the exact heatmap and report how far an approximate one is from it.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("hyinf-out"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @user_errors
 def explain(model: str, image: Path | None, target: int | None, patch: str, stride: str, patch_value: float, patch_space: str,
             mode: str, score: str, device: str, backend: str, image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
-            max_memory: float | None, plan_file: Path | None, db_url: str | None, out_dir: Path, quiet: bool) -> None:
+            max_memory: float | None, plan_file: Path | None, db_url: str | None, threshold: float, ratio: float, coarse_stride: str | None,
+            check_exact: bool, out_dir: Path, quiet: bool) -> None:
     """Occlusion heatmap of IMAGE under MODEL.
 
     MODEL is 'demo' (a small bundled CNN with trained weights), torchvision:NAME, an .onnx file, a torch.export
@@ -75,7 +82,8 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
     result = hyinf.explain(
         loaded.module, loaded.normalise(pixels), target=target, patch=pair(patch), stride=pair(stride), patch_value=value,
         mode=mode, plan=plan, db=db_url, device=device, backend=backend, output=score, batch_size=batch_size,
-        max_memory=None if max_memory is None else int(max_memory * 1024**3), progress=not quiet and sys.stderr.isatty(),
+        max_memory=None if max_memory is None else int(max_memory * 1024**3), approx_threshold=threshold, drill_down=ratio,
+        coarse_stride=pair(coarse_stride) if coarse_stride else None, check_exact=check_exact, progress=not quiet and sys.stderr.isatty(),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "heatmap.npy", result.heatmap.numpy())
@@ -97,7 +105,15 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
         "timings_s": result.timings,
         "node_modes": result.node_modes,
     }
+    approx = result.approximation
+    if approx is not None:
+        report["approximation"] = {"approx_threshold": approx.threshold, "drill_down": approx.drill_down,
+                                   "coarse_stride": list(approx.coarse_stride) if approx.coarse_stride else None,
+                                   "occluded_images": approx.positions, "exact_occluded_images": approx.exact_positions,
+                                   "quality": approx.quality.as_dict() if approx.quality else None}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     if not quiet:
         click.echo(f"{loaded.description}: target {label} (score {result.base_score:.4g}), {len(result.grid)} positions, "
                    f"{result.mode}, {result.timings['total_s']:.2f} s -> {out_dir}/")
+        if approx is not None and approx.quality is not None:
+            click.echo(f"distance from exact ({result.timings['exact_s']:.2f} s): {approx.quality.summary()}")

@@ -17,6 +17,8 @@ from hyinf.cli.common import DB_HELP, pair, user_errors
 @click.option("--patch", default="16", show_default=True, help="Patch size in pixels: N or HxW.")
 @click.option("--stride", default="8", show_default=True, help="Stride in pixels: N or HxW.")
 @click.option("--device", default="cpu", show_default=True, help="Plan for this device's costs: cpu or cuda.")
+@click.option("--approx-threshold", "threshold", type=float, default=1.0, show_default=True,
+              help="Plan for runs with this projective-field threshold (windows cut to TAU of each map's side; 1 = exact).")
 @click.option("--profile", "cost_model_id", type=int, help="Plan with this stored cost model (`hyinf db info` lists them).")
 @click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
               help="Plan for this backend's costs (ort without its own profile plans with the torch profile).")
@@ -27,7 +29,7 @@ from hyinf.cli.common import DB_HELP, pair, user_errors
 @click.option("--explain", "explain_plan", is_flag=True, help="Print each node's costs and chosen mode.")
 @click.option("--db", "db_url", help=DB_HELP)
 @user_errors
-def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str, device: str, cost_model_id: int | None, backend: str,
+def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str, device: str, threshold: float, cost_model_id: int | None, backend: str,
          strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None) -> None:
     """Plan MODEL's hybrid evaluation and store the plan for `hyinf explain`.
 
@@ -51,7 +53,7 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     size = tuple(image_size) if image_size else loaded.image_size
     program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
-    grid = OcclusionGrid.make(size, pair(patch), pair(stride))  # type: ignore[arg-type]
+    grid = OcclusionGrid.make(size, pair(patch), pair(stride), threshold)  # type: ignore[arg-type]
     db = Database(db_url)
     fp = fingerprint(dev)
     start = time.perf_counter()

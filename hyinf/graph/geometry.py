@@ -32,6 +32,9 @@ class OcclusionGrid:
     Along each axis the patch starts at 0, s, 2s, ... for ceil((size - p) / s) + 1 positions, so the
     last patch may be cut off by the border, exactly as captum does. A block (`rows`, `cols` set)
     keeps only those grid rows and columns; its positions are numbered within the block.
+
+    `threshold` < 1 asks for the projective-field approximation: every node's changed window may
+    span at most that fraction of its map's side (see `changed_regions`); 1 is exact.
     """
 
     image_size: tuple[int, int]
@@ -39,10 +42,14 @@ class OcclusionGrid:
     stride: tuple[int, int]
     rows: tuple[int, ...] | None = None
     cols: tuple[int, ...] | None = None
+    threshold: float = 1.0
 
     @classmethod
-    def make(cls, image_size: tuple[int, int], patch: int | tuple[int, int], stride: int | tuple[int, int]) -> OcclusionGrid:
+    def make(cls, image_size: tuple[int, int], patch: int | tuple[int, int], stride: int | tuple[int, int],
+             threshold: float = 1.0) -> OcclusionGrid:
         patch, stride = _pair(patch, "patch"), _pair(stride, "stride")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise SettingsError(f"the projective-field threshold must be in (0, 1] (1 = exact), got {threshold!r}")
         for axis, name in enumerate(("height", "width")):
             if patch[axis] < 1 or stride[axis] < 1:
                 raise SettingsError(f"patch and stride must be at least 1 pixel, got patch {patch} and stride {stride}")
@@ -50,7 +57,7 @@ class OcclusionGrid:
                 raise SettingsError(
                     f"patch {name} {patch[axis]} is larger than the image {name} {image_size[axis]}; use a smaller --patch"
                 )
-        return cls(tuple(image_size), patch, stride)  # type: ignore[arg-type]
+        return cls(tuple(image_size), patch, stride, threshold=float(threshold))  # type: ignore[arg-type]
 
     def all_starts(self, axis: int) -> np.ndarray:
         """Patch starts along `axis` of the whole grid."""
@@ -72,7 +79,11 @@ class OcclusionGrid:
         return rows * cols
 
     def block(self, rows: list[int], cols: list[int]) -> OcclusionGrid:
-        return OcclusionGrid(self.image_size, self.patch, self.stride, tuple(rows), tuple(cols))
+        return OcclusionGrid(self.image_size, self.patch, self.stride, tuple(rows), tuple(cols), self.threshold)
+
+    def with_stride(self, stride: int | tuple[int, int]) -> OcclusionGrid:
+        """The whole grid of the same patch at another stride (drill-down's coarse pass)."""
+        return OcclusionGrid.make(self.image_size, self.patch, stride, self.threshold)
 
     def positions(self) -> np.ndarray:
         """Row-major numbers, in the whole grid, of this block's positions."""
@@ -148,6 +159,32 @@ def _union(spans: list[AxisSpan], extent: int) -> AxisSpan:
     return AxisSpan.fit(np.where(lo == big, 0, lo), np.where(hi < 0, 0, hi), extent)
 
 
+Centres = tuple[np.ndarray, np.ndarray]  # the patch centre's continuous row and column in a node's map, per grid index
+
+
+def _centres(node: Node, graph: Graph, regions: dict[str, Region], centres: dict[str, Centres], grid: OcclusionGrid) -> Centres:
+    """Where the patch centre projects in the map of `node`, a node with a local change."""
+    if node.name == graph.input:
+        return grid.starts(0) + grid.patch[0] / 2, grid.starts(1) + grid.patch[1] / 2
+    if node.op in LOCAL_OPS:
+        w = node.window
+        assert w is not None
+        src = centres[node.inputs[0]]
+        # output pixel o reads input [o*s - pad, o*s - pad + extent): its centre is at o + 1/2
+        return tuple((src[a] + w.pad_before[a] - w.extent(a) / 2) / w.stride[a] + 0.5 for a in (0, 1))  # type: ignore[return-value]
+    changed = [centres[i] for i in node.inputs if regions[i].change is Change.LOCAL]
+    return np.mean([c[0] for c in changed], axis=0), np.mean([c[1] for c in changed], axis=0)
+
+
+def _truncate(span: AxisSpan, centre: np.ndarray, extent: int, threshold: float) -> AxisSpan:
+    """`span` cut to at most ceil(threshold * extent) rows around `centre` where it is wider (shifted
+    inside the map where the centre is near its border)."""
+    cap = max(1, math.ceil(threshold * extent))
+    start = np.clip(np.floor(centre - cap / 2).astype(np.int64), 0, extent - cap)
+    wide = span.hi - span.lo > cap
+    return AxisSpan.fit(np.where(wide, np.maximum(span.lo, start), span.lo), np.where(wide, np.minimum(span.hi, start + cap), span.hi), extent)
+
+
 def _region(node: Node, graph: Graph, regions: dict[str, Region], grid: OcclusionGrid) -> Region:
     if node.name == graph.input:
         rows_ext, cols_ext = node.spatial_size
@@ -181,14 +218,29 @@ def _region(node: Node, graph: Graph, regions: dict[str, Region], grid: Occlusio
 
 
 def changed_regions(graph: Graph, grid: OcclusionGrid) -> dict[str, Region]:
-    """The changed region of every node's output for every grid position."""
+    """The changed region of every node's output for every grid position.
+
+    With `grid.threshold` < 1 (the projective-field approximation), the region of every node past
+    the input is cut to at most that fraction of its map's side, centred where the patch centre
+    projects; changes outside it are dropped (taken as the clean image's), and the nodes after it
+    grow their regions from the cut ones.
+    """
     if graph.input_node.spatial_size != grid.image_size:
         raise SettingsError(
             f"occlusion grid is for a {grid.image_size} image but the graph was traced at {graph.input_node.spatial_size}"
         )
     regions: dict[str, Region] = {}
+    centres: dict[str, Centres] = {}
     for node in graph.nodes:
-        regions[node.name] = _region(node, graph, regions, grid)
+        region = _region(node, graph, regions, grid)
+        if grid.threshold < 1 and region.change is Change.LOCAL:
+            centres[node.name] = centre = _centres(node, graph, regions, centres, grid)
+            assert region.rows is not None and region.cols is not None
+            if node.name != graph.input:  # the patch itself is never cut
+                rows, cols = node.spatial_size
+                region = Region(Change.LOCAL, _truncate(region.rows, centre[0], rows, grid.threshold),
+                                _truncate(region.cols, centre[1], cols, grid.threshold))
+        regions[node.name] = region
     return regions
 
 

@@ -31,7 +31,10 @@ FIX = "make a new one with `hyinf plan`"
 
 
 def settings_of(grid: OcclusionGrid, backend: str = "torch") -> dict[str, Any]:
-    return {"image_size": list(grid.image_size), "patch": list(grid.patch), "stride": list(grid.stride), "backend": backend}
+    settings = {"image_size": list(grid.image_size), "patch": list(grid.patch), "stride": list(grid.stride), "backend": backend}
+    if grid.threshold < 1:  # only approximate plans carry it, so exact plans keep their keys
+        settings["approx_threshold"] = grid.threshold
+    return settings
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:
@@ -166,7 +169,9 @@ def _node_costs(graph: Graph, b: BlockPlan) -> dict[str, dict[str, Any]]:
 
 
 def _describe(settings: Mapping[str, Any]) -> str:
-    return f"{settings.get('image_size')} images, patch {settings.get('patch')}, stride {settings.get('stride')}, backend {settings.get('backend')}"
+    threshold = settings.get("approx_threshold", 1.0)
+    approx = f", projective-field threshold {threshold}" if threshold < 1 else ""
+    return f"{settings.get('image_size')} images, patch {settings.get('patch')}, stride {settings.get('stride')}{approx}, backend {settings.get('backend')}"
 
 
 def _check_shape(body: dict[str, Any]) -> None:
@@ -177,6 +182,9 @@ def _check_shape(body: dict[str, Any]) -> None:
         value = body["settings"][key]
         if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
             raise ValueError(f"settings.{key} must be two positive integers")
+    threshold = body["settings"].get("approx_threshold", 1.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError("settings.approx_threshold must be a number in (0, 1]")
     DeviceFingerprint(**{k: body["device"][k] for k in DeviceFingerprint.__dataclass_fields__})
     if not isinstance(body["strategy"], str) or not isinstance(body["blocks"], list) or not body["blocks"]:
         raise ValueError("strategy and a non-empty list of blocks are required")

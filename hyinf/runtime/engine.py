@@ -192,13 +192,16 @@ class ImageRun:
         self.positions = torch.as_tensor(engine.grid.positions(), device=engine.device)
         self.kernels: dict[Repr, Callable[[Node], torch.Tensor]] = {Repr.WIN: self._window_node, Repr.FULL: self._full_node}
 
-    def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (images, positions in the whole grid, model outputs (N, ...)) for chunks of pairs."""
+    def chunks(self, batch_size: int, only: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (images, positions in the whole grid, model outputs (N, ...)) for chunks of pairs;
+        with `only` (one boolean per position of the whole grid), for those positions alone."""
         per_image = len(self.e.grid)
-        total = self.images * per_image
-        for start in range(0, total, batch_size):
-            pairs = torch.arange(start, min(start + batch_size, total), device=self.e.device)
-            ex, idx = pairs // per_image, pairs % per_image
+        pairs = torch.arange(self.images * per_image, device=self.e.device)
+        if only is not None:
+            pairs = pairs[only[self.positions[pairs % per_image]]]
+        for start in range(0, len(pairs), batch_size):
+            chosen = pairs[start : start + batch_size]
+            ex, idx = chosen // per_image, chosen % per_image
             yield ex, self.positions[idx], self.chunk(ex, idx)
 
     def _each(self, t: torch.Tensor) -> torch.Tensor:
@@ -371,7 +374,9 @@ class BlockedEngine:
                 votes[name][rep.value] = votes[name].get(rep.value, 0) + len(engine.grid)
         return {name: max(v, key=v.__getitem__) for name, v in votes.items()}
 
-    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (images, positions in the grid, model outputs) for every image and position, block by block."""
+    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int,
+               only: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (images, positions in the grid, model outputs) for every image and position (or the
+        positions `only` marks), block by block."""
         for engine in self.engines:
-            yield from engine.prepare(clean, fill).chunks(batch_size)
+            yield from engine.prepare(clean, fill).chunks(batch_size, only)

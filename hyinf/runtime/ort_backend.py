@@ -197,8 +197,7 @@ def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: 
 class _Session:
     session: ort.InferenceSession
     keys: list[Key]
-    runs: int
-    sizes: list[int]
+    sizes: list[int]  # positions of each block per run
     inputs: set[str]  # the graph inputs the exporter kept (unused ones are dropped)
 
 
@@ -230,14 +229,14 @@ class OrtEngine:
         image's activations (only their shapes matter) and checked against the torch backend on its
         first chunk, so an exporter that mistranslates an operator fails loudly instead of silently."""
         if batch_size not in self.sessions:
-            runs, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
+            _, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
             model, keys = lower(self.blocked, clean, fill, sizes)
             options = ort.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.enable_cpu_mem_arena = False  # an arena keeps each cached session's peak (GBs for vgg16) for good
             session = ort.InferenceSession(model, options, providers=self.providers)
-            built = _Session(session, keys, runs, sizes, {i.name for i in session.get_inputs()})
+            built = _Session(session, keys, sizes, {i.name for i in session.get_inputs()})
             self._check(built, clean, fill)
             self.sessions[batch_size] = built
         return self.sessions[batch_size]
@@ -251,8 +250,12 @@ class OrtEngine:
                     raise ModelError(f"ONNX Runtime's lowering of this model disagrees with PyTorch (max difference {error:.3g}): "
                                      "an operator was exported wrongly; use backend='torch'")
 
-    def _runs(self, s: _Session, clean: CleanImage, fill: torch.Tensor) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Per run, each block's (positions within the block, model outputs) for one image."""
+    def _runs(self, s: _Session, clean: CleanImage, fill: torch.Tensor,
+              only: torch.Tensor | None = None) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per run, each block's (positions within the block, model outputs) for one image, at every
+        position or at those `only` (one boolean per position of the whole grid) marks."""
+        chosen = [torch.arange(len(p), device=self.device) if only is None else torch.nonzero(only[p])[:, 0] for p in self.positions]
+        runs = max(-(-len(c) // size) for c, size in zip(chosen, s.sizes))
         binding = s.session.io_binding()
         fill = fill.contiguous()
         _bind(binding, "fill", fill, s.inputs)
@@ -265,11 +268,12 @@ class OrtEngine:
             out = torch.empty(meta.shape, dtype=torch.float32, device=self.device)
             binding.bind_output(meta.name, self.device.type, self.device.index or 0, np.float32, list(out.shape), out.data_ptr())
             outputs.append(out)
-        for run in range(s.runs):
+        for run in range(runs):
             valid = []
             for b, size in enumerate(s.sizes):
-                idx = torch.arange(run * size, (run + 1) * size, device=self.device)
-                keep = idx < len(self.positions[b])
+                slot = torch.arange(run * size, (run + 1) * size, device=self.device)
+                keep = slot < len(chosen[b])
+                idx = chosen[b][slot.clamp(max=max(len(chosen[b]) - 1, 0))] if len(chosen[b]) else torch.zeros_like(slot)
                 padded = torch.where(keep, idx, torch.zeros_like(idx))  # padding: position 0 again, discarded
                 held.append(padded)
                 _bind(binding, f"block{b}", padded, s.inputs)
@@ -277,11 +281,12 @@ class OrtEngine:
             s.session.run_with_iobinding(binding)
             yield [(idx[keep], out[keep]) for (idx, keep), out in zip(valid, outputs)]
 
-    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int,
+               only: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield (images, positions in the grid, model outputs), like `BlockedEngine.chunks`, for one image."""
         if clean.image.shape[0] != 1:
             raise SettingsError("the ort backend explains one image at a time")
-        for blocks in self._runs(self.session(clean, fill, batch_size), clean, fill):
+        for blocks in self._runs(self.session(clean, fill, batch_size), clean, fill, only):
             positions = torch.cat([self.positions[b][idx] for b, (idx, _) in enumerate(blocks)])
             results = torch.cat([out for _, out in blocks])
             yield torch.zeros_like(positions), positions, results
