@@ -256,7 +256,7 @@ def explain(
     node's changed window at that fraction of its map's side; `drill_down` < 1 runs a coarse pass at
     `coarse_stride` (default twice `stride`) and the fine stride only over that fraction of the
     coarse cells where the coarse heatmap is highest. `check_exact` also runs the exact heatmap and
-    reports the distance in `approximation.quality`.
+    reports the distance in `approximation.quality` (an exact run has no `approximation`).
     """
     if mode not in MODES:
         raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -230,3 +230,19 @@ def test_bad_approximate_settings_are_clear_errors(settings, words: str) -> None
     with pytest.raises(SettingsError, match=None) as info:
         hyinf.explain(model, torch.zeros(3, 32, 32), stride=4, patch=8, **settings)
     assert words in str(info.value)
+
+
+def test_planner_and_cost_model_see_the_cut_windows() -> None:
+    """Plans for a threshold are made from the cut windows (smaller predicted incremental cost) and say so."""
+    from hyinf.planner.select import make_plan
+    from hyinf.profiler.machine import fingerprint
+
+    graph = trace_torch(models.resnet18(weights=None).eval(), (1, 3, 96, 96)).graph
+    device = fingerprint(torch.device("cpu"))
+    exact = make_plan(graph, OcclusionGrid.make((96, 96), 16, 8), device, model_name="r", db=None)
+    cut = make_plan(graph, OcclusionGrid.make((96, 96), 16, 8, 0.3), device, model_name="r", db=None)
+    assert cut.body["predicted_s"]["all-incremental"] < 0.9 * exact.body["predicted_s"]["all-incremental"]
+    assert cut.settings["approx_threshold"] == 0.3 and "approx_threshold" not in exact.settings
+    windows = {n["name"]: n["window"] for n in cut.body["nodes"] if n["window"]}
+    maps = {n["name"]: n["map"] for n in cut.body["nodes"] if n["window"]}
+    assert all(w[0] <= max(1, np.ceil(0.3 * maps[k][0])) for k, w in windows.items() if k != graph.input)
