@@ -26,7 +26,7 @@ import torch
 from captum.attr import Occlusion as CaptumOcclusion
 
 import hyinf
-from engine_speed import machine, write_section
+from engine_speed import machine, save_figure, write_section
 from hyinf.demo import load_demo, normalise
 from hyinf.demo import scenes as demo_scenes
 from hyinf.quality import compare
@@ -150,12 +150,7 @@ def plot(curves: dict[str, tuple[float, dict[Setting, Result]]], path: Path, tit
     ax.set_xlabel("SSIM to the exact heatmap (mean over images)")
     ax.set_ylabel("speedup over captum Occlusion")
     ax.set_yscale("log")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, ax, path, title)
 
 
 def main() -> None:

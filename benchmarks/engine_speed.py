@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -164,6 +165,13 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         ax.hlines(r.flop_bound, i - 0.45, i + 0.45, colors="black", linestyles="dashed", label="FLOP bound" if i == 0 else None)
     ax.set_xticks(range(len(rows)), [r.model for r in rows])
     ax.set_ylabel("speedup over naive re-inference")
+    save_figure(fig, ax, path, title)
+
+
+def save_figure(fig: Any, ax: Any, path: Path, title: str) -> None:
+    """Title and legend the plot, write it as `path` and free it."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
