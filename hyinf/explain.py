@@ -321,7 +321,8 @@ def explain(
                 only = torch.as_tensor(chosen, device=dev)
                 bar.total += int(chosen.sum())
                 bar.refresh()
-                fine_scores = collect_scores(fine.chunks(only), (1, len(grid)), select, bar)[0]
+                fine_scores = (collect_scores(fine.chunks(only), (1, len(grid)), select, bar)[0] if chosen.any()
+                               else coarse_scores.new_full((len(grid),), math.nan))  # every fine position was a coarse one
                 scores = drilldown.combine(fine_scores, only, coarse_scores, grid, coarse_grid)
                 evaluated = len(coarse_grid) + int(chosen.sum())
         timings["positions_s"] = time.perf_counter() - start

@@ -173,6 +173,15 @@ def test_drill_down_evaluates_exactly_the_selected_positions() -> None:
         assert_close_to(filled.reshape(fine.grid.shape)[~chosen].float(), result.scores[~chosen], f"{backend} {mode} filled positions")
 
 
+def test_drill_down_at_the_fine_stride_is_the_coarse_pass() -> None:
+    model = load_demo()
+    image = normalise(load_image(asset(SAMPLE), (64, 64)))
+    exact = hyinf.explain(model, image, patch=8, stride=8, mode="naive")
+    result = hyinf.explain(model, image, patch=8, stride=8, drill_down=0.5, coarse_stride=8)
+    assert result.approximation.positions == len(exact.grid)
+    assert_close_to(exact.scores, result.scores, "coarse stride = fine stride")
+
+
 def test_drill_down_selection_on_constructed_heatmaps() -> None:
     fine = OcclusionGrid.make((40, 40), 8, 4)  # starts 0, 4, ..., 32: 9 per axis
     coarse = fine.with_stride(16)  # starts 0, 16, 32: 3 per axis
