@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import multiprocessing
 import statistics
 import sys
@@ -142,6 +143,10 @@ class Row:
     flop_bound: float
     floor_s: float
     captum_batch: int = 0
+    machine: str = ""
+    rate: float = 0.0  # the machine's dense matmul rate, FLOP/s
+    plan: str = ""  # how the hybrid run was planned
+    date: str = ""
     times: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SYSTEMS})
     memory: dict[str, int] = field(default_factory=dict)
     errors: dict[str, float] = field(default_factory=dict)
@@ -171,7 +176,8 @@ def run_model(name: str, patch: int, stride: int, repeats: int, device: torch.de
     graph = trace_torch(model, (1, 3, size, size), device).graph
     grid = OcclusionGrid.make((size, size), patch, stride)
     incremental = plan_flops(graph, changed_regions(graph, grid), {n.name for n in graph.nodes if windowable(n)})
-    row = Row(name, size, len(grid), full_flops(graph) / incremental, incremental * len(grid) / rate)
+    row = Row(name, size, len(grid), full_flops(graph) / incremental, incremental * len(grid) / rate,
+              machine=machine(), rate=rate, date=datetime.date.today().isoformat())
     if "captum" in systems:
         row.captum_batch = best_captum_batch(model, image)
     runs = {system: _system(model, image, system, patch, stride, row.captum_batch) for system in systems}
@@ -191,44 +197,105 @@ def run_model(name: str, patch: int, stride: int, repeats: int, device: torch.de
                     raise SystemExit(f"{name}: hyinf's attribution differs from captum's by {error:.2e} of its scale")
             else:
                 error = check(reference.scores, result.scores, f"{name} {system}")
+                if system == "hybrid":
+                    row.plan = result.mode
             row.times[system].append(elapsed)
             row.errors[system] = max(row.errors.get(system, 0.0), error)
             print(f"{name} round {round_ + 1} {system}: {elapsed:.2f} s", file=sys.stderr, flush=True)
-    for system in chosen:
-        row.memory[system] = peak_memory(name, system, patch, stride, row.captum_batch, device)
+    for system in chosen:  # at stride = patch: the same chunk sizes, a quarter of the positions at stride patch / 2
+        row.memory[system] = peak_memory(name, system, patch, max(stride, patch), row.captum_batch, device)
         print(f"{name} {system}: peak {row.memory[system] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
     return row
 
 
-def table(rows: list[Row], systems: tuple[str, ...], rate: float) -> str:
+def _machines(rows: list[Row]) -> str:
+    """Where the rows were measured: one line per machine (merged tables can hold several)."""
+    runs: dict[tuple[str, float, str], list[str]] = {}
+    for r in rows:
+        runs.setdefault((r.machine, r.rate, r.date), []).append(r.model)
+    if len(runs) == 1:
+        (name, rate, date), _ = next(iter(runs.items()))
+        return f"Machine: {name}; dense matmul {rate / 1e9:.0f} GFLOP/s; measured {date}."
+    lines = ["Rows come from separate runs; each row's systems ran interleaved on one machine, so compare ratios within a row:"]
+    lines += [f"- {', '.join(models)}: {name}; dense matmul {rate / 1e9:.0f} GFLOP/s; measured {date}." for (name, rate, date), models in runs.items()]
+    return "\n".join(lines)
+
+
+def table(rows: list[Row], systems: tuple[str, ...]) -> str:
     shown = [s for s in SYSTEMS if s in systems]
     head = " | ".join(f"{s} (s)" for s in shown)
+    plans = sorted({r.plan for r in rows if r.plan})
     lines = [
-        f"Times: median (min-max) over rounds; peak: how far one hybrid run raises peak memory (CPU: resident set, in a fresh process); dense matmul {rate / 1e9:.0f} GFLOP/s; "
-        "floor = incremental FLOPs / that rate; efficiency = floor / hybrid.",
+        _machines(rows),
         "",
-        f"| model | positions | {head} | hybrid over captum | hybrid over naive | hybrid over incremental | FLOP bound | floor (s) | efficiency | hybrid peak (MiB) | max error |",
-        "|" + "---|" * (len(shown) + 10),
+        "Times: median (min-max) over rounds; peak: how far one hybrid run raises peak memory (CPU: resident set, in a fresh "
+        "process, at stride = patch: the same chunks, fewer of them); floor = incremental FLOPs / the machine's matmul rate; "
+        f"efficiency = floor / hybrid. Hybrid plans: {'; '.join(plans) or 'not recorded'}.",
+        "",
+        f"| model | positions | {head} | hybrid over captum | hybrid-ort over captum | hybrid over naive | hybrid over incremental | FLOP bound | floor (s) | efficiency | hybrid peak (MiB) | max error |",
+        "|" + "---|" * (len(shown) + 11),
     ]
     for r in rows:
-        cells = " | ".join(f"{r.median(s):.2f} ({min(r.times[s]):.2f}-{max(r.times[s]):.2f})" for s in shown)
+        cells = " | ".join(f"{r.median(s):.2f} ({min(r.times[s]):.2f}-{max(r.times[s]):.2f})" if r.times[s] else "-" for s in shown)
         h = r.median("hybrid")
-        over = {s: (f"{r.median(s) / h:.2f}x" if s in shown else "-") for s in ("captum", "naive", "incremental")}
-        lines.append(f"| {r.model} ({r.size}) | {r.positions} | {cells} | {over['captum']} | {over['naive']} | {over['incremental']} | "
+        over = {s: (f"{r.median(s) / h:.2f}x" if s in shown and r.times[s] else "-") for s in ("captum", "naive", "incremental")}
+        ort = f"{r.median('captum') / r.median('hybrid-ort'):.2f}x" if r.times["captum"] and r.times["hybrid-ort"] else "-"
+        lines.append(f"| {r.model} ({r.size}) | {r.positions} | {cells} | {over['captum']} | {ort} | {over['naive']} | {over['incremental']} | "
                      f"{r.flop_bound:.2f}x | {r.floor_s:.2f} | {r.floor_s / h:.0%} | {r.memory['hybrid'] / 2**20:.0f} | {max(r.errors.values()):.1e} |")
     return "\n".join(lines)
+
+
+def headline(rows: list[Row], image: str) -> str:
+    """The README's short table: captum against hyinf's exact modes, with the limits beside them."""
+    lines = [
+        "Exact results on a 2-core CPU, 224x224 (inception_v3 299x299), patch 16, stride 8, medians of interleaved rounds of "
+        "`captum.attr.Occlusion` (at its best `perturbations_per_eval`) and `hyinf.explain` (tracing and planning included), "
+        "every result checked against naive re-inference in the same run:",
+        "",
+        "| model | captum Occlusion | hyinf incremental | hyinf hybrid (torch) | hyinf hybrid (ORT) | best hybrid over captum | FLOP bound | efficiency |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.times["captum"] and r.times["incremental"] and r.times["hybrid-ort"]:
+            h, o = r.median("hybrid"), r.median("hybrid-ort")
+            lines.append(f"| {r.model} | {r.median('captum'):.1f} s | {r.median('incremental'):.1f} s | {h:.1f} s | {o:.1f} s | "
+                         f"{r.median('captum') / min(h, o):.2f}x | {r.flop_bound:.2f}x | {r.floor_s / h:.0%} |")
+    lines += ["", "FLOP bound: full-inference FLOPs / incremental FLOPs; efficiency: the incremental FLOPs at the machine's dense "
+              "matmul rate / the hybrid time. Machines, spread, memory and every system: [docs/benchmarks.md](docs/benchmarks.md).",
+              "", f"![speedup over captum]({image})", ""]
+    return "\n".join(lines)
+
+
+COLUMNS = ("model", "size", "positions", "system", "median_s", "min_s", "max_s", "times_s", "peak_bytes", "max_error", "flop_bound",
+           "floor_s", "captum_batch", "matmul_gflops", "machine", "hybrid_plan", "date")
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["model", "size", "positions", "system", "median_s", "min_s", "max_s", "peak_bytes", "max_error", "flop_bound", "floor_s", "captum_batch"])
+        out.writerow(COLUMNS)
         for r in rows:
             for s, t in r.times.items():
                 if t:
-                    out.writerow([r.model, r.size, r.positions, s, statistics.median(t), min(t), max(t), r.memory[s], r.errors[s],
-                                  r.flop_bound, r.floor_s, r.captum_batch])
+                    out.writerow([r.model, r.size, r.positions, s, statistics.median(t), min(t), max(t), ";".join(f"{x:.4f}" for x in t),
+                                  r.memory[s], r.errors[s], r.flop_bound, r.floor_s, r.captum_batch, r.rate / 1e9, r.machine, r.plan, r.date])
+
+
+def read_csv(path: Path) -> list[Row]:
+    """The rows a suite CSV holds (for merging a run into an earlier table)."""
+    rows: dict[str, Row] = {}
+    with path.open(newline="") as f:
+        for line in csv.DictReader(f):
+            r = rows.get(line["model"])
+            if r is None:
+                r = rows[line["model"]] = Row(line["model"], int(line["size"]), int(line["positions"]), float(line["flop_bound"]),
+                                              float(line["floor_s"]), int(line["captum_batch"]), line["machine"],
+                                              float(line["matmul_gflops"]) * 1e9, line["hybrid_plan"], line["date"])
+            system = line["system"]
+            r.times[system] = [float(x) for x in line["times_s"].split(";")]
+            r.memory[system], r.errors[system] = int(line["peak_bytes"]), float(line["max_error"])
+    return list(rows.values())
 
 
 def plot(rows: list[Row], systems: tuple[str, ...], path: Path, title: str) -> None:
@@ -255,7 +322,7 @@ def plot(rows: list[Row], systems: tuple[str, ...], path: Path, title: str) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), help="none, with --merge: redraw the table from the CSV")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--stride", type=int, default=8)
@@ -264,6 +331,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="resnet18, mobilenet_v3_large and se_resnet18 at stride 16, 2 rounds")
     parser.add_argument("--paper", action="store_true", help="the published setting: stride 4")
     parser.add_argument("--write", type=Path, help="replace the suite section of this markdown file; CSV and plot beside it")
+    parser.add_argument("--readme", type=Path, help="also replace the headline section of this README")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' rows of the CSV --write finds (rows are labelled with their machine)")
     args = parser.parse_args()
     if args.quick:
         args.models, args.stride, args.repeats = ["resnet18", "mobilenet_v3_large", "se_resnet18"], 16, 2
@@ -271,20 +340,31 @@ def main() -> None:
         args.stride = 4
     device = resolve_device(args.device)
     systems = tuple(args.systems)
+    stem = f"suite_{device.type}_stride{args.stride}"
+    data = args.write.parent / f"{stem}.csv" if args.write else None
+    kept = [r for r in read_csv(data) if r.model not in args.models] if args.merge and data and data.exists() else []
     rate = matmul_rate(device)
-    rows = [run_model(name, args.patch, args.stride, args.repeats, device, rate, systems) for name in args.models]
-    batches = ", ".join(f"{r.model} {r.captum_batch}" for r in rows if r.captum_batch)
-    text = (f"Machine: {machine()}; device {device}. Patch {args.patch}, stride {args.stride}, {args.repeats} interleaved rounds"
+    rows: list[Row] = []
+    merged = kept
+    for name in args.models:
+        rows.append(run_model(name, args.patch, args.stride, args.repeats, device, rate, systems))
+        merged = sorted(kept + rows, key=lambda r: MODELS.index(r.model) if r.model in MODELS else len(MODELS))
+        if data:
+            write_csv(merged, data)  # after every model: a long run stopped early keeps what it measured
+    batches = ", ".join(f"{r.model} {r.captum_batch}" for r in merged if r.captum_batch)
+    rounds = "/".join(str(n) for n in sorted({len(r.times["hybrid"]) for r in merged}))
+    text = (f"Device {device}. Patch {args.patch}, stride {args.stride}, {rounds} interleaved rounds"
             f"{'; captum perturbations_per_eval (best of ' + str(CAPTUM_BATCHES) + '): ' + batches if batches else ''}.\n\n"
-            f"{table(rows, systems, rate)}\n")
+            f"{table(merged, systems)}\n")
     print(text)
-    if args.write:
-        stem = f"suite_{device.type}_stride{args.stride}"
-        image, data = args.write.parent / "img" / f"{stem}.png", args.write.parent / f"{stem}.csv"
-        plot(rows, systems, image, f"patch {args.patch}, stride {args.stride}, {device.type}")
-        write_csv(rows, data)
+    if args.write and data:
+        image = args.write.parent / "img" / f"{stem}.png"
+        plot(merged, systems, image, f"patch {args.patch}, stride {args.stride}, {device.type}")
         link = f"\n![speedup]({image.relative_to(args.write.parent).as_posix()}) · data: [{data.name}]({data.name})\n"
         write_section(args.write, text + link, f"suite-{device.type}-stride{args.stride}")
+        if args.readme:
+            shown = image.resolve().relative_to(args.readme.resolve().parent).as_posix()
+            write_section(args.readme, headline(merged, shown), "headline")
 
 
 if __name__ == "__main__":
