@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hyinf.graph.geometry import Change, Region
+from hyinf.graph.geometry import Change, OcclusionGrid, Region, changed_regions
 from hyinf.graph.ir import Graph
 
 
@@ -28,3 +28,25 @@ def plan_flops(graph: Graph, regions: dict[str, Region], incremental: frozenset[
 def full_flops(graph: Graph) -> float:
     """FLOPs of one full inference."""
     return sum(2.0 * n.macs * n.numel for n in graph.nodes)
+
+
+def exact_window_flops(graph: Graph, grid: OcclusionGrid) -> float:
+    """FLOPs of the whole grid when every position computes only its own changed rows and columns:
+    the least any exact evaluation computes, against which one window size per block is measured.
+
+    A position's changed area at a node is its row interval times its column interval, so summed
+    over the grid it is (sum of row interval lengths) x (sum of column interval lengths).
+    """
+    regions, total = changed_regions(graph, grid), 0.0
+    for node in graph.nodes:
+        region = regions[node.name]
+        if region.change is Change.UNCHANGED:
+            continue
+        if region.change is Change.LOCAL:
+            assert region.rows is not None and region.cols is not None
+            rows, cols = node.spatial_size
+            area = float((region.rows.hi - region.rows.lo).clip(min=0).sum() * (region.cols.hi - region.cols.lo).clip(min=0).sum())
+            total += 2 * node.macs * node.numel * area / (rows * cols)
+        else:
+            total += 2 * node.macs * node.numel * len(grid)
+    return total
