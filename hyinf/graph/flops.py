@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from hyinf.graph.geometry import Change, OcclusionGrid, Region, changed_regions
 from hyinf.graph.ir import Graph
 
@@ -35,18 +37,22 @@ def exact_window_flops(graph: Graph, grid: OcclusionGrid) -> float:
     the least any exact evaluation computes, against which one window size per block is measured.
 
     A position's changed area at a node is its row interval times its column interval, so summed
-    over the grid it is (sum of row interval lengths) x (sum of column interval lengths).
+    over the grid it is (sum of row interval lengths) x (sum of column interval lengths). A node
+    changed everywhere counts at the positions where one of its inputs changes.
     """
     regions, total = changed_regions(graph, grid), 0.0
+    changes: dict[str, np.ndarray] = {}  # node -> (grid rows, grid cols): where it changes at all
     for node in graph.nodes:
         region = regions[node.name]
         if region.change is Change.UNCHANGED:
-            continue
-        if region.change is Change.LOCAL:
+            changes[node.name] = np.zeros(grid.shape, dtype=bool)
+        elif region.change is Change.LOCAL:
             assert region.rows is not None and region.cols is not None
+            changes[node.name] = np.outer(~region.rows.empty, ~region.cols.empty)
             rows, cols = node.spatial_size
             area = float((region.rows.hi - region.rows.lo).clip(min=0).sum() * (region.cols.hi - region.cols.lo).clip(min=0).sum())
             total += 2 * node.macs * node.numel * area / (rows * cols)
         else:
-            total += 2 * node.macs * node.numel * len(grid)
+            changes[node.name] = np.logical_or.reduce([changes[i] for i in node.inputs])
+            total += 2 * node.macs * node.numel * float(changes[node.name].sum())
     return total
