@@ -1,0 +1,90 @@
+"""The classifier tail: found where the network's spatial part ends, and run for the positions of all
+chunks and blocks together without changing any score."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from conftest import assert_close_to, assert_matches_naive, seeded
+
+from hyinf.explain import compile_engine
+from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.torch_frontend import trace_torch
+from hyinf.runtime.engine import CleanImage, graph_tail
+from hyinf.runtime.naive import naive_chunks
+from hyinf.runtime.occlusion import patch_fill
+
+
+def vgg_like() -> nn.Module:
+    seeded(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 8 * 8, 32), nn.ReLU(), nn.Dropout(), nn.Linear(32, 5),
+    ).eval()
+
+
+class TwoStageHead(nn.Module):
+    """Pooled features of two stages concatenated before the classifier: the tail starts after the concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.fc1, self.fc2 = nn.Linear(10, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.a(x))
+        b = torch.relu(self.b(a))
+        features = torch.cat([a.mean((2, 3)), b.mean((2, 3))], 1)
+        return self.fc2(torch.relu(self.fc1(features)))
+
+
+def test_tail_is_the_classifier_after_the_last_spatial_value() -> None:
+    graph = trace_torch(vgg_like(), (1, 3, 32, 32)).graph
+    tail = graph_tail(graph)
+    assert tail is not None
+    assert graph[tail.cut].spatial is None and graph[tail.cut].shape == (1, 512)  # the flattened maps
+    assert [n.name for n in tail.nodes] == [n.name for n in graph.nodes[-4:]]
+    assert tail.bytes_per_position == 4 * (512 + 32 + 32 + 32 + 5)
+
+
+def test_tail_starts_after_values_read_from_earlier_stages() -> None:
+    seeded(4)
+    graph = trace_torch(TwoStageHead().eval(), (1, 3, 20, 20)).graph
+    tail = graph_tail(graph)
+    assert tail is not None and graph[tail.cut].shape == (1, 10)
+    assert len(tail.nodes) == 3  # fc1, relu, fc2: the concatenation reads the first stage, so it is the cut
+
+
+def test_no_tail_when_the_output_has_spatial_axes() -> None:
+    seeded(5)
+    fully_convolutional = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    graph = trace_torch(fully_convolutional, (1, 3, 16, 16)).graph
+    assert graph_tail(graph) is None
+
+
+def outputs_by_position(chunks) -> dict[int, torch.Tensor]:
+    return {int(p): out for _, positions, outputs in chunks for p, out in zip(positions, outputs)}
+
+
+def test_tail_batches_across_blocks_and_chunks_equal_naive() -> None:
+    model, image = vgg_like(), torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    program = trace_torch(model, (1, 3, 32, 32))
+    grid = OcclusionGrid.make((32, 32), 6, 2)
+    engine = compile_engine(program, grid, "incremental")
+    assert engine.tail is not None and len(engine.engines) > 1, "the test needs several blocks sharing the tail"
+    fill = patch_fill(0.0, 3, image.device, image.dtype)
+    only = torch.rand(len(grid), generator=torch.Generator().manual_seed(1)) < 0.4  # as drill-down asks
+    for batch_size, chosen in ((1, None), (3, only), (64, None), (5, only)):  # tails of many chunks of every block, or one
+        with torch.no_grad():
+            expected = outputs_by_position(naive_chunks(model, image, grid, fill, 7, chosen))
+        got = outputs_by_position(engine.chunks(CleanImage(program, image), fill, batch_size, chosen))
+        assert got.keys() == expected.keys()
+        assert_close_to(torch.stack([expected[p] for p in sorted(expected)]), torch.stack([got[p] for p in sorted(expected)]), f"batch {batch_size}")
+    assert_matches_naive(model, image[0], patch=6, stride=2, batch_size=3, plans=2)
+
+
+def test_two_stage_head_equals_naive() -> None:
+    seeded(7)
+    assert_matches_naive(TwoStageHead().eval(), torch.randn(3, 20, 20, generator=torch.Generator().manual_seed(7)), patch=5, stride=3, batch_size=4, plans=2)
