@@ -8,6 +8,7 @@ from torch import nn
 
 from conftest import assert_close_to, assert_matches_naive, seeded
 
+import hyinf
 from hyinf.explain import compile_engine
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.torch_frontend import trace_torch
@@ -88,3 +89,11 @@ def test_tail_batches_across_blocks_and_chunks_equal_naive() -> None:
 def test_two_stage_head_equals_naive() -> None:
     seeded(7)
     assert_matches_naive(TwoStageHead().eval(), torch.randn(3, 20, 20, generator=torch.Generator().manual_seed(7)), patch=5, stride=3, batch_size=4, plans=2)
+
+
+def test_ort_backend_runs_the_tail_as_its_own_session() -> None:
+    model, image = vgg_like(), torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(8))
+    reference = hyinf.explain(model, image, patch=6, stride=2, mode="naive")
+    for batch_size in (3, 64):  # tail batches of many runs, or of one
+        result = hyinf.explain(model, image, patch=6, stride=2, mode="incremental", backend="ort", batch_size=batch_size)
+        assert_close_to(reference.scores, result.scores, f"ort, batch {batch_size}")

@@ -441,11 +441,7 @@ class BlockedEngine:
             for engine in self.engines:
                 yield from engine.prepare(clean, fill).chunks(batch_size, only)
             return
-        from hyinf.runtime.budget import bytes_per_position  # it sizes engines: a cycle at import time
-
-        tail, runs = self.tail, [engine.prepare(clean, fill) for engine in self.engines]
-        # Pending tail values take at most a quarter of the memory one chunk is allowed.
-        limit = max(batch_size, min(TAIL_BATCH, batch_size * bytes_per_position(self) // (4 * tail.bytes_per_position)))
+        tail, runs, limit = self.tail, [engine.prepare(clean, fill) for engine in self.engines], self.tail_batch(batch_size)
         pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (images, positions, cut values)
         for run in runs:
             for ex, idx in run.pairs(batch_size, only):
@@ -455,6 +451,14 @@ class BlockedEngine:
                     pending = []
         if pending:
             yield self._finish(runs[0], tail, pending)
+
+    def tail_batch(self, batch_size: int) -> int:
+        """How many positions run the tail together, given the chunk size before it."""
+        from hyinf.runtime.budget import bytes_per_position  # it sizes engines: a cycle at import time
+
+        assert self.tail is not None
+        # Pending tail values take at most a quarter of the memory one chunk is allowed.
+        return max(batch_size, min(TAIL_BATCH, batch_size * bytes_per_position(self) // (4 * self.tail.bytes_per_position)))
 
     @staticmethod
     def _finish(run: ImageRun, tail: Tail, pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,7 +9,9 @@ as one graph: no Python per node or per position.
 One graph serves every block of positions (blocks have different window sizes, so their subgraphs
 differ): each run evaluates a slice of every block at once, so the weights are stored and
 pre-packed once. The clean image's activations are computed once per image by the torch program
-and handed to the graph as inputs without copies.
+and handed to the graph as inputs without copies. Where the model ends in a classifier tail (see
+`hyinf.runtime.engine.Tail`), the graph stops at the tail's cut and a second, small graph runs the
+tail on the cut values of many runs at once, so large linear layers see large batches.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import nn
 
 from hyinf.errors import ModelError, SettingsError
 from hyinf.graph.ir import Node
-from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
+from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun, Tail
 
 OPSET = 17
 CHECK_TOLERANCE = 1e-4  # of the output scale: the first chunk of a new session against the torch backend
@@ -131,7 +133,8 @@ class _TracedRun(ImageRun):
 
 
 class _Chunk(nn.Module):
-    """(fill, positions of each block, clean values) -> the model's outputs for those positions."""
+    """(fill, positions of each block, clean values) -> the model's outputs (or the tail's cut values)
+    for those positions."""
 
     def __init__(self, blocked: BlockedEngine, keys: list[Key]) -> None:
         super().__init__()
@@ -142,8 +145,26 @@ class _Chunk(nn.Module):
         clean = _Given(dict(zip(self.keys, args[count:])))
         outs = []
         for engine, idx in zip(self.blocked.engines, args[:count]):
-            outs.append(_TracedRun(engine, clean, fill).chunk(torch.zeros_like(idx), idx))  # type: ignore[arg-type]
+            outs.append(_evaluate(_TracedRun(engine, clean, fill), idx, self.blocked.tail))  # type: ignore[arg-type]
         return tuple(outs)
+
+
+class _TailModule(nn.Module):
+    """(cut values) -> the model's outputs: the tail every block shares, exported once."""
+
+    def __init__(self, run: ImageRun, tail: Tail) -> None:
+        super().__init__()
+        self.run, self.tail = run, tail
+
+    def forward(self, cut: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros(cut.shape[0], dtype=torch.long, device=cut.device)
+        return self.run.tail(zeros, zeros, self.tail, cut)
+
+
+def _evaluate(run: ImageRun, idx: torch.Tensor, tail: Tail | None) -> torch.Tensor:
+    """What one run computes for a block: the model's outputs, or the cut values when a tail follows."""
+    zeros = torch.zeros_like(idx)
+    return run.chunk(zeros, idx) if tail is None else run.head(zeros, idx, tail)
 
 
 @contextlib.contextmanager
@@ -171,24 +192,40 @@ def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: 
     recorder = _Recorder(clean)
     probes = [torch.zeros(size, dtype=torch.long, device=blocked.program.device) for size in sizes]
     for engine, idx in zip(blocked.engines, probes):
-        _TracedRun(engine, recorder, fill).chunk(torch.zeros_like(idx), idx)  # type: ignore[arg-type]
+        _evaluate(_TracedRun(engine, recorder, fill), idx, blocked.tail)  # type: ignore[arg-type]
     values = [clean_value(clean, key).clone() for key in recorder.keys]  # distinct tensors: the tracer merges repeated ones into one input
     names = ["fill", *(f"block{b}" for b in range(len(sizes))), *(f"clean{k}" for k in range(len(values)))]
     module, args, outputs = _Chunk(blocked, recorder.keys), (fill, *probes, *values), [f"out{b}" for b in range(len(sizes))]
+    return _export(module, args, names, outputs), recorder.keys
+
+
+def lower_tail(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> bytes:
+    """The ONNX graph of the blocked engine's tail, for any number of positions."""
+    assert blocked.tail is not None
+    cut = blocked.program.graph[blocked.tail.cut]
+    probe = torch.zeros(2, *cut.shape[1:], device=blocked.program.device)  # 2, not 1: a batch axis the exporter cannot mistake for a constant
+    module = _TailModule(_TracedRun(blocked.engines[0], clean, fill), blocked.tail)
+    return _export(module, (probe,), ["cut"], ["out"], {"cut": {0: "positions"}, "out": {0: "positions"}})
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]] | None = None) -> bytes:
+    """The module traced into a serialized ONNX model."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
         try:  # the TorchScript exporter: a few seconds where torch.export takes minutes
             with _row_pastes():
-                torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET, input_names=names, output_names=outputs)
-            return buffer.getvalue(), recorder.keys
+                torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET, input_names=names, output_names=outputs, dynamic_axes=dynamic)
+            return buffer.getvalue()
         except ModelError:
             raise
         except Exception as e:
             first = str(e).splitlines()[0]
         try:  # torch.export decomposes what the TorchScript exporter lacks (e.g. adaptive pooling that upsamples)
-            program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs, verbose=False)
-            return program.model_proto.SerializeToString(), recorder.keys
+            shapes = None if dynamic is None else tuple({0: torch.export.Dim.AUTO} for _ in args)
+            program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs, dynamic_shapes=shapes, verbose=False)
+            return program.model_proto.SerializeToString()
         except Exception as e:
             raise ModelError(f"the model cannot be lowered to ONNX for the ort backend ({first}; {str(e).splitlines()[0]}); use backend='torch'") from e
 
@@ -199,6 +236,7 @@ class _Session:
     keys: list[Key]
     sizes: list[int]  # positions of each block per run
     inputs: set[str]  # the graph inputs the exporter kept (unused ones are dropped)
+    tail: ort.InferenceSession | None  # the shared tail, run on the cut values of many runs at once
 
 
 class OrtEngine:
@@ -231,19 +269,24 @@ class OrtEngine:
         if batch_size not in self.sessions:
             _, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
             model, keys = lower(self.blocked, clean, fill, sizes)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.enable_cpu_mem_arena = False  # an arena keeps each cached session's peak (GBs for vgg16) for good
-            session = ort.InferenceSession(model, options, providers=self.providers)
-            built = _Session(session, keys, sizes, {i.name for i in session.get_inputs()})
+            session = self._open(model)
+            tail = self._open(lower_tail(self.blocked, clean, fill)) if self.blocked.tail is not None else None
+            built = _Session(session, keys, sizes, {i.name for i in session.get_inputs()}, tail)
             self._check(built, clean, fill)
             self.sessions[batch_size] = built
         return self.sessions[batch_size]
 
+    def _open(self, model: bytes) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_cpu_mem_arena = False  # an arena keeps each cached session's peak (GBs for vgg16) for good
+        return ort.InferenceSession(model, options, providers=self.providers)
+
     def _check(self, s: _Session, clean: CleanImage, fill: torch.Tensor) -> None:
         for engine, (idx, out) in zip(self.blocked.engines, next(self._runs(s, clean, fill))):
             if len(idx):
+                out = out if s.tail is None else self._tail(s, out)
                 expected = ImageRun(engine, clean, fill).chunk(torch.zeros_like(idx), idx)
                 error = float((out - expected).abs().max())
                 if error > CHECK_TOLERANCE * max(float(expected.abs().max()), 1e-6):
@@ -252,8 +295,8 @@ class OrtEngine:
 
     def _runs(self, s: _Session, clean: CleanImage, fill: torch.Tensor,
               only: torch.Tensor | None = None) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Per run, each block's (positions within the block, model outputs) for one image, at every
-        position or at those `only` (one boolean per position of the whole grid) marks."""
+        """Per run, each block's (positions within the block, model outputs or, with a tail, cut values)
+        for one image, at every position or at those `only` (one boolean per position of the whole grid) marks."""
         chosen = [torch.arange(len(p), device=self.device) if only is None else torch.nonzero(only[p])[:, 0] for p in self.positions]
         runs = max(-(-len(c) // size) for c, size in zip(chosen, s.sizes))
         binding = s.session.io_binding()
@@ -286,10 +329,31 @@ class OrtEngine:
         """Yield (images, positions in the grid, model outputs), like `BlockedEngine.chunks`, for one image."""
         if clean.image.shape[0] != 1:
             raise SettingsError("the ort backend explains one image at a time")
-        for blocks in self._runs(self.session(clean, fill, batch_size), clean, fill, only):
-            positions = torch.cat([self.positions[b][idx] for b, (idx, _) in enumerate(blocks)])
-            results = torch.cat([out for _, out in blocks])
-            yield torch.zeros_like(positions), positions, results
+        s = self.session(clean, fill, batch_size)
+        limit = self.blocked.tail_batch(batch_size) if s.tail is not None else 0
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (positions in the grid, outputs or cut values)
+        for blocks in self._runs(s, clean, fill, only):
+            pending += [(self.positions[b][idx], out) for b, (idx, out) in enumerate(blocks)]
+            if sum(len(p) for p, _ in pending) >= limit:
+                yield self._finish(s, pending)
+                pending = []
+        if pending:
+            yield self._finish(s, pending)
+
+    def _finish(self, s: _Session, pending: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        positions, values = (torch.cat(parts) for parts in zip(*pending))
+        return torch.zeros_like(positions), positions, values if s.tail is None else self._tail(s, values)
+
+    def _tail(self, s: _Session, cut: torch.Tensor) -> torch.Tensor:
+        """The model's outputs from cut values, by the tail session."""
+        assert s.tail is not None
+        cut = cut.contiguous()
+        out = torch.empty(len(cut), *self.program.graph[self.program.graph.output].shape[1:], dtype=torch.float32, device=self.device)
+        binding = s.tail.io_binding()
+        _bind(binding, "cut", cut, {"cut"})
+        binding.bind_output("out", self.device.type, self.device.index or 0, np.float32, list(out.shape), out.data_ptr())
+        s.tail.run_with_iobinding(binding)
+        return out
 
 
 def _bind(binding: ort.IOBinding, name: str, value: torch.Tensor, inputs: set[str]) -> None:
