@@ -372,8 +372,9 @@ class ImageRun:
 
 @dataclass(frozen=True)
 class Tail:
-    """The nodes after `cut`, the last value with spatial axes' successor: a classifier such as vgg's
-    three linear layers, which read only the cut and each other and have no spatial axes."""
+    """A classifier such as vgg16's three linear layers: the nodes after `cut` (a value without spatial
+    axes, such as the flattened maps), which read only the cut and each other and have no spatial axes
+    either. `bytes_per_position` counts the cut's and the nodes' values."""
 
     cut: str
     nodes: tuple[Node, ...]
