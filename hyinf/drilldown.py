@@ -38,6 +38,12 @@ def cells(fine: OcclusionGrid, coarse: OcclusionGrid) -> np.ndarray:
     return rows[:, None] * coarse.shape[1] + cols[None, :]
 
 
+def nested(fine: OcclusionGrid, coarse: OcclusionGrid) -> bool:
+    """Whether every coarse position is a fine one (e.g. stride 16 over stride 8 when both grids end
+    at the same start): then the fine grid's engine evaluates the coarse pass too."""
+    return all(np.isin(coarse.all_starts(a), fine.all_starts(a)).all() for a in (0, 1))
+
+
 def shared(fine: OcclusionGrid, coarse: OcclusionGrid) -> np.ndarray:
     """(fine positions,) booleans: which fine positions have a coarse position's patch."""
     axes = [np.isin(fine.all_starts(a), coarse.all_starts(a)) for a in (0, 1)]

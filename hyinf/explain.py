@@ -296,8 +296,10 @@ def explain(
             def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
                 return _engine_pass(program, identity, batch, g, fill, s)
         fine = prepare(grid, settings)
-        # the coarse grid has its own plan: only a plan of modes per node (not a document for the fine grid) carries over
-        coarse = prepare(coarse_grid, replace(settings, plan=plan if isinstance(plan, Plan) else None)) if drilling else None
+        # A coarse grid of fine positions runs on the fine grid's engine (no second plan, engine or clean
+        # pass); another has its own plan: only a plan of modes per node (not a document for the fine grid) carries over.
+        nested = drilling and drilldown.nested(grid, coarse_grid)
+        coarse = prepare(coarse_grid, replace(settings, plan=plan if isinstance(plan, Plan) else None)) if drilling and not nested else None
         timings["compile_s"] = time.perf_counter() - clock - timings.get("trace_s", 0.0)
 
         classes = math.prod(fine.base_out.shape[1:])
@@ -311,13 +313,18 @@ def explain(
             return _scores(out, target, output)
 
         start = time.perf_counter()
-        with tqdm(total=len(coarse_grid) if coarse else len(grid), desc=f"occlusion ({mode})", unit="pos", disable=not progress, leave=False) as bar:
-            if coarse is None:
+        with tqdm(total=len(coarse_grid) if drilling else len(grid), desc=f"occlusion ({mode})", unit="pos", disable=not progress, leave=False) as bar:
+            if not drilling:
                 scores = collect_scores(fine.chunks(None), (1, len(grid)), select, bar)[0]
                 evaluated = len(grid)
             else:
-                coarse_scores = collect_scores(coarse.chunks(None), (1, len(coarse_grid)), select, bar)[0]
-                chosen = drilldown.selected(base_score - coarse_scores, grid, coarse_grid, drill_down) & ~drilldown.shared(grid, coarse_grid)
+                shared = drilldown.shared(grid, coarse_grid)
+                if coarse is None:  # nested: the coarse positions are the shared ones, in the same row-major order
+                    at = torch.as_tensor(shared, device=dev)
+                    coarse_scores = collect_scores(fine.chunks(at), (1, len(grid)), select, bar)[0][at]
+                else:
+                    coarse_scores = collect_scores(coarse.chunks(None), (1, len(coarse_grid)), select, bar)[0]
+                chosen = drilldown.selected(base_score - coarse_scores, grid, coarse_grid, drill_down) & ~shared
                 only = torch.as_tensor(chosen, device=dev)
                 bar.total += int(chosen.sum())
                 bar.refresh()

@@ -157,11 +157,15 @@ def test_drill_down_ratio_one_with_a_coarse_pass_is_exact_and_less_work_below_on
     assert counts[0] == len(reference.grid), "coarse positions are reused, not evaluated twice"
 
 
-def test_drill_down_evaluates_exactly_the_selected_positions() -> None:
-    """Computed fine positions equal naive re-inference there; the rest are the coarse pass's scores."""
+@pytest.mark.parametrize("size, nested", [(64, False), (60, True)])
+def test_drill_down_evaluates_exactly_the_selected_positions(size: int, nested: bool) -> None:
+    """Computed fine positions equal naive re-inference there; the rest are the coarse pass's scores.
+    At 60x60 every coarse position (stride 12) is a fine one (stride 4) and the fine engine runs the
+    coarse pass; at 64x64 the last coarse start (60) is not a fine one and the coarse grid has its own."""
     seeded(3)
     model = models.squeezenet1_1(weights=None).eval()
-    image = torch.randn(3, 64, 64)
+    image = torch.randn(3, size, size)
+    assert drilldown.nested(OcclusionGrid.make((size, size), 12, 4), OcclusionGrid.make((size, size), 12, 12)) is nested
     fine = hyinf.explain(model, image, patch=12, stride=4, mode="naive")
     coarse = hyinf.explain(model, image, patch=12, stride=12, mode="naive")
     for backend, mode in (("torch", "naive"), ("torch", "hybrid"), ("ort", "hybrid")):
