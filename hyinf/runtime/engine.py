@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -407,6 +407,21 @@ def graph_tail(graph: Graph, element_size: int = 4) -> Tail | None:
     return Tail(nodes[start - 1].name, nodes[start:], element_size * sum(math.prod(n.shape[1:]) for n in kept))
 
 
+def batches(parts: Iterable[tuple[torch.Tensor, ...]], limit: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Consecutive parts (tuples of tensors, one row per position) concatenated into batches of at
+    least `limit` rows (the last may hold fewer): where chunks meet to run a model's tail together."""
+    pending: list[tuple[torch.Tensor, ...]] = []
+    rows = 0
+    for part in parts:
+        pending.append(part)
+        rows += len(part[0])
+        if rows >= limit:
+            yield tuple(torch.cat(column) for column in zip(*pending))
+            pending, rows = [], 0
+    if pending:
+        yield tuple(torch.cat(column) for column in zip(*pending))
+
+
 class BlockedEngine:
     """The whole grid as blocks of positions with similar changed regions, each with its own engine
     (and plan: a node may be worth evaluating incrementally in one block and fully in another).
@@ -442,16 +457,10 @@ class BlockedEngine:
             for engine in self.engines:
                 yield from engine.prepare(clean, fill).chunks(batch_size, only)
             return
-        tail, runs, limit = self.tail, [engine.prepare(clean, fill) for engine in self.engines], self.tail_batch(batch_size)
-        pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (images, positions, cut values)
-        for run in runs:
-            for ex, idx in run.pairs(batch_size, only):
-                pending.append((ex, run.positions[idx], run.head(ex, idx, tail)))
-                if sum(len(p[0]) for p in pending) >= limit:
-                    yield self._finish(runs[0], tail, pending)
-                    pending = []
-        if pending:
-            yield self._finish(runs[0], tail, pending)
+        tail, runs = self.tail, [engine.prepare(clean, fill) for engine in self.engines]
+        heads = ((ex, run.positions[idx], run.head(ex, idx, tail)) for run in runs for ex, idx in run.pairs(batch_size, only))
+        for ex, positions, cut in batches(heads, self.tail_batch(batch_size)):
+            yield ex, positions, runs[0].tail(ex, torch.zeros_like(positions), tail, cut)  # tail nodes are full: positions unused
 
     def tail_batch(self, batch_size: int) -> int:
         """How many positions run the tail together, given the chunk size before it."""
@@ -460,8 +469,3 @@ class BlockedEngine:
         assert self.tail is not None
         # Pending tail values take at most a quarter of the memory one chunk is allowed.
         return max(batch_size, min(TAIL_BATCH, batch_size * bytes_per_position(self) // (4 * self.tail.bytes_per_position)))
-
-    @staticmethod
-    def _finish(run: ImageRun, tail: Tail, pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ex, positions, cut = (torch.cat(parts) for parts in zip(*pending))
-        return ex, positions, run.tail(ex, torch.zeros_like(positions), tail, cut)  # tail nodes are full: positions unused

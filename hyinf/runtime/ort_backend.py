@@ -32,7 +32,7 @@ from torch import nn
 
 from hyinf.errors import ModelError, SettingsError
 from hyinf.graph.ir import Node
-from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun, Tail
+from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun, Tail, batches
 
 OPSET = 17
 CHECK_TOLERANCE = 1e-4  # of the output scale: the first chunk of a new session against the torch backend
@@ -331,18 +331,10 @@ class OrtEngine:
             raise SettingsError("the ort backend explains one image at a time")
         s = self.session(clean, fill, batch_size)
         limit = self.blocked.tail_batch(batch_size) if s.tail is not None else 0
-        pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (positions in the grid, outputs or cut values)
-        for blocks in self._runs(s, clean, fill, only):
-            pending += [(self.positions[b][idx], out) for b, (idx, out) in enumerate(blocks)]
-            if sum(len(p) for p, _ in pending) >= limit:
-                yield self._finish(s, pending)
-                pending = []
-        if pending:
-            yield self._finish(s, pending)
-
-    def _finish(self, s: _Session, pending: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        positions, values = (torch.cat(parts) for parts in zip(*pending))
-        return torch.zeros_like(positions), positions, values if s.tail is None else self._tail(s, values)
+        # (positions in the grid, outputs or cut values) of every block of every run
+        parts = ((self.positions[b][idx], out) for blocks in self._runs(s, clean, fill, only) for b, (idx, out) in enumerate(blocks))
+        for positions, values in batches(parts, limit):
+            yield torch.zeros_like(positions), positions, values if s.tail is None else self._tail(s, values)
 
     def _tail(self, s: _Session, cut: torch.Tensor) -> torch.Tensor:
         """The model's outputs from cut values, by the tail session."""
