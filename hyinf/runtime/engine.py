@@ -409,10 +409,13 @@ def graph_tail(graph: Graph, element_size: int = 4) -> Tail | None:
 
 def batches(parts: Iterable[tuple[torch.Tensor, ...]], limit: int) -> Iterator[tuple[torch.Tensor, ...]]:
     """Consecutive parts (tuples of tensors, one row per position) concatenated into batches of at
-    least `limit` rows (the last may hold fewer): where chunks meet to run a model's tail together."""
+    least `limit` rows (the last may hold fewer; empty parts are dropped): where chunks meet to run a
+    model's tail together."""
     pending: list[tuple[torch.Tensor, ...]] = []
     rows = 0
     for part in parts:
+        if len(part[0]) == 0:  # a block without positions in this run
+            continue
         pending.append(part)
         rows += len(part[0])
         if rows >= limit:
