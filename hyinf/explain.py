@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -16,7 +18,7 @@ from tqdm import tqdm
 from hyinf import drilldown
 from hyinf.errors import HyinfError, ModelError, SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
-from hyinf.graph.onnx_frontend import is_onnx, load_onnx
+from hyinf.graph.onnx_frontend import OnnxModel, is_onnx, load_onnx
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.plan import Plan
 from hyinf.planner.document import PlanDocument
@@ -28,7 +30,8 @@ from hyinf.quality import Quality, compare
 from hyinf.runtime.budget import batch_size_for, bytes_per_position
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
-from hyinf.runtime.ort_backend import OrtEngine, SessionCache
+from hyinf.runtime.cache import ModelCache
+from hyinf.runtime.ort_backend import OrtEngine
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
 from hyinf.runtime.windows import span_mask
@@ -36,7 +39,25 @@ from hyinf.runtime.windows import span_mask
 MODES = ("hybrid", "incremental", "full", "naive")
 OUTPUTS = ("raw", "softmax")
 BACKENDS = ("torch", "ort")
-_ORT_ENGINES = SessionCache()
+_ORT_ENGINES: ModelCache[OrtEngine] = ModelCache(4)
+_PROGRAMS: ModelCache[TorchProgram] = ModelCache(2)  # tracing vgg16 (copy, trace, check) takes 0.75 s of a 6 s approximate run
+
+
+def _import_onnx(source: onnx.ModelProto | str, image_size: tuple[int, int]) -> OnnxModel:
+    """`load_onnx`, remembered for a file the process explains again until the file changes: checking
+    and importing vgg16's 528 MB file takes seconds, as long as explaining an image."""
+    if isinstance(source, onnx.ModelProto):
+        return load_onnx(source, image_size)
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return load_onnx(source, image_size)  # which says what is wrong with the path
+    return _import_file(os.path.realpath(source), stat.st_mtime_ns, stat.st_size, image_size)
+
+
+@functools.lru_cache(maxsize=2)  # each entry holds a model's weights
+def _import_file(path: str, modified: int, size: int, image_size: tuple[int, int]) -> OnnxModel:
+    return load_onnx(path, image_size)
 
 
 @dataclass(frozen=True)
@@ -269,7 +290,7 @@ def explain(
     source = model
     identity: nn.Module | str | None = model if isinstance(model, nn.Module) else None
     if is_onnx(model):
-        loaded = load_onnx(model, tuple(batch.shape[-2:]))  # type: ignore[arg-type]
+        loaded = _import_onnx(model, tuple(batch.shape[-2:]))  # type: ignore[arg-type]
         model, identity = loaded.module, loaded.digest
     grid = OcclusionGrid.make(tuple(batch.shape[-2:]), patch, stride, approx_threshold)  # type: ignore[arg-type]
     if grid.threshold < 1 and mode in ("naive", "full"):
@@ -290,7 +311,9 @@ def explain(
             def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
                 return _naive_pass(model, batch, g, fill, s)
         else:
-            program = trace_torch(model, tuple(batch.shape), dev)
+            shape = tuple(batch.shape)
+            program = (_PROGRAMS.get(identity, (shape, str(dev)), lambda: trace_torch(model, shape, dev)) if identity is not None
+                       else trace_torch(model, shape, dev))
             timings["trace_s"] = time.perf_counter() - clock
 
             def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:

@@ -173,6 +173,21 @@ def _write(tmp_path: Path, proto: onnx.ModelProto, name: str = "m.onnx") -> Path
     return path
 
 
+def test_an_onnx_file_explained_again_is_imported_once_until_it_changes(tmp_path: Path) -> None:
+    proto = opset9_graph()
+    path = _write(tmp_path, proto)
+    image = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    first = hyinf.explain(str(path), image, patch=4, stride=4, mode="incremental", target=1)
+    again = hyinf.explain(path, image, patch=4, stride=4, mode="incremental", target=1)
+    assert torch.equal(first.scores, again.scores)
+    bias = next(n for n in proto.graph.node if n.output[0] == "bf")  # the classifier's bias: every score moves
+    bias.attribute[0].t.CopyFrom(numpy_helper.from_array(np.arange(5, dtype=np.float32), "bf"))
+    path.write_bytes(proto.SerializeToString())
+    changed = hyinf.explain(str(path), image, patch=4, stride=4, mode="incremental", target=1)
+    assert_close_to(ort_scores(proto, image, 1), changed.scores, "the rewritten file")
+    assert not torch.allclose(first.scores, changed.scores)
+
+
 def test_bad_onnx_files(tmp_path: Path) -> None:
     text = tmp_path / "notes.onnx"
     text.write_text("not a model at all")

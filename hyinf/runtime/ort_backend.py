@@ -20,7 +20,6 @@ import contextlib
 import io
 import math
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -351,33 +350,3 @@ class OrtEngine:
 def _bind(binding: ort.IOBinding, name: str, value: torch.Tensor, inputs: set[str]) -> None:
     if name in inputs:
         binding.bind_input(name, value.device.type, value.device.index or 0, _ORT_TYPES[value.dtype], list(value.shape), value.data_ptr())
-
-
-class SessionCache:
-    """ORT engines kept for models the process explains again (same weights, plan and settings), so
-    sessions are built once. A torch module is recognised by identity while it lives, and its
-    parameters' storage and in-place version counters (a training step invalidates the entry)."""
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
-        self.entries: dict[Key, tuple[Callable[[], Any], OrtEngine]] = {}
-
-    @staticmethod
-    def identity(model: nn.Module | str) -> tuple[Callable[[], Any], Key]:
-        if isinstance(model, nn.Module):
-            state = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in model.state_dict(keep_vars=True).values())
-            return weakref.ref(model), (id(model), state)
-        return (lambda: True), ("onnx", model)  # the digest of an ONNX model's bytes
-
-    def get(self, model: nn.Module | str, settings: Key, build: Callable[[], OrtEngine]) -> OrtEngine:
-        """The engine for `model` (a module, or an ONNX model's digest) and `settings`, built when missing."""
-        alive, ident = self.identity(model)
-        key = (ident, settings)
-        entry = self.entries.get(key)
-        if entry is not None and entry[0]() is not None:
-            return entry[1]
-        engine = build()
-        self.entries[key] = (alive, engine)
-        while len(self.entries) > self.size:
-            self.entries.pop(next(iter(self.entries)))
-        return engine

@@ -1,0 +1,46 @@
+"""What the process keeps for models it explains again: their traced programs and ORT engines."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+from torch import nn
+
+T = TypeVar("T")
+Key = tuple[Hashable, ...]
+
+
+class ModelCache(Generic[T]):
+    """Values built from a model (and settings), kept so that explaining more images builds them once.
+
+    A torch module is recognised by identity while it lives, and by its parameters' and buffers'
+    storage, in-place version counters and shapes, and its modules' train/eval flags: a training step,
+    `load_state_dict` or `train()` makes a new entry. An ONNX model is recognised by its digest. The
+    oldest entry goes when more than `size` are held (each may hold a copy of a model's weights).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: dict[Key, tuple[Callable[[], Any], T]] = {}
+
+    @staticmethod
+    def identity(model: nn.Module | str) -> tuple[Callable[[], Any], Key]:
+        if isinstance(model, nn.Module):
+            state = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in model.state_dict(keep_vars=True).values())
+            return weakref.ref(model), (id(model), state, tuple(m.training for m in model.modules()))
+        return (lambda: True), ("onnx", model)  # the digest of an ONNX model's bytes
+
+    def get(self, model: nn.Module | str, settings: Key, build: Callable[[], T]) -> T:
+        """The value for `model` (a module, or an ONNX model's digest) and `settings`, built when missing."""
+        alive, ident = self.identity(model)
+        key = (ident, settings)
+        entry = self.entries.get(key)
+        if entry is not None and entry[0]() is not None:
+            return entry[1]
+        value = build()
+        self.entries[key] = (alive, value)
+        while len(self.entries) > self.size:
+            self.entries.pop(next(iter(self.entries)))
+        return value

@@ -1,0 +1,33 @@
+"""Traced programs are kept for a model the process explains again, and rebuilt when it changes."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+
+import hyinf
+from conftest import assert_close_to, seeded
+from hyinf.explain import _PROGRAMS
+
+
+def _programs() -> set[int]:
+    return {id(program) for _, program in _PROGRAMS.entries.values()}
+
+
+def test_programs_are_reused_until_the_model_changes() -> None:
+    seeded()
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    image = torch.rand(3, 32, 32)
+    first = hyinf.explain(model, image, patch=8, stride=8, mode="incremental")
+    kept = _programs()
+    again = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="incremental")
+    assert _programs() == kept  # found, not traced again
+    assert not torch.equal(first.scores, again.scores)
+    with torch.no_grad():
+        model.fc.weight.mul_(-2.0)  # an in-place update, as a training step makes
+    changed = hyinf.explain(model, image, patch=8, stride=8, mode="incremental")
+    assert _programs() != kept
+    assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, changed.scores, "after the weights changed")
+    model.fc = torch.nn.Linear(512, 10)  # a replaced layer: new parameters
+    replaced = hyinf.explain(model, image, patch=8, stride=8, mode="hybrid")
+    assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, replaced.scores, "after a layer was replaced")
