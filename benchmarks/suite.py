@@ -249,7 +249,8 @@ def headline(rows: list[Row], image: str) -> str:
     """The README's short table: captum against hyinf's exact modes, with the limits beside them."""
     lines = [
         "Exact results on a 2-core CPU, 224x224 (inception_v3 299x299), patch 16, stride 8, medians of interleaved rounds of "
-        "`captum.attr.Occlusion` (at its best `perturbations_per_eval`) and `hyinf.explain` (tracing and planning included), "
+        "`captum.attr.Occlusion` (at its best `perturbations_per_eval`) and `hyinf.explain` (planning included; the model is traced "
+        "on hyinf's first call and the traced program kept for later ones), "
         "every result checked against naive re-inference in the same run:",
         "",
         "| model | captum Occlusion | hyinf incremental | hyinf hybrid (torch) | hyinf hybrid (ORT) | best hybrid over captum | FLOP bound | efficiency |",
