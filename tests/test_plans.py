@@ -19,6 +19,7 @@ from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.document import PlanDocument
 from hyinf.planner.select import make_plan
 from hyinf.plans_db import Database
+from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, LearnedCosts
 from hyinf.profiler.machine import DeviceFingerprint, fingerprint
 
 CPU = torch.device("cpu")
@@ -169,3 +170,34 @@ def test_stored_plans_are_found_by_structure_settings_and_device(tmp_path: Path)
     assert db.find_plan(document.model_fingerprint, settings_key(document.settings), document.device.key) is not None
     assert db.find_plan(document.model_fingerprint, "other-settings", document.device.key) is None
     assert db.find_plan("other-model", settings_key(document.settings), document.device.key) is None
+
+
+def _stored_costs(db: Database, incremental_cost: float) -> None:
+    """A cost model in `db` under which a window costs `incremental_cost` seconds per FLOP (and whole maps
+    1e-11): expensive windows make full plans, cheap ones incremental plans."""
+    full = (1e-6, 1e-11, 1e-11)
+    analytic = AnalyticCosts({"incremental": (1e-6, incremental_cost, 1e-11), "full": full, "to_full": full, "to_win": full})
+    body = LearnedCosts(analytic, 0.0, 0.0, (), frozenset()).to_body()
+    db.save_cost_model(db.device_id(fingerprint(CPU)), "torch", FORMAT_VERSION, [], body, {})
+
+
+def test_kept_plans_follow_the_database(tmp_path: Path) -> None:
+    """Decoded cost models and plans are kept per process, yet a run plans with the database's newest
+    cost model at once, also when the database is recreated under the same name (ids start again)."""
+    program = trace_torch(_residual_cnn(), (1, 3, 32, 32), CPU)
+    grid = OcclusionGrid.make((32, 32), 6, 4)
+    path = tmp_path / "hyinf.db"
+
+    def planned(db: Database) -> tuple[int, set[str]]:
+        body = make_plan(program.graph, grid, fingerprint(CPU), model_name="residual", db=db).body
+        return body["cost_model"]["id"], {mode for b in body["blocks"] for mode in b["modes"].values()}
+
+    db = Database(str(path))
+    _stored_costs(db, 1e-6)
+    assert planned(db) == planned(db) == (1, {"full"})
+    _stored_costs(db, 1e-14)
+    assert planned(db) == (2, {"incremental"})
+    path.unlink()
+    db = Database(str(path))
+    _stored_costs(db, 1e-14)
+    assert planned(db) == (1, {"incremental"})

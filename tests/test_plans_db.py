@@ -39,9 +39,10 @@ def test_round_trip(tmp_path: Path) -> None:
     assert runs == [run]
     assert read == written
     model_id = db.save_cost_model(device, "torch", 1, runs, {"a": [1.0, 2.0]}, {"learned": {"mape": 0.1}})
-    row = db.latest_cost_model(FP.key, "torch")
-    assert row is not None and row.id == model_id and row.body == {"a": [1.0, 2.0]}
-    assert db.latest_cost_model(FP.key, "ort") is None
+    ref = db.cost_model_ref(device_key=FP.key, backend="torch")
+    assert ref is not None and ref.id == model_id and ref.format_version == 1
+    assert db.cost_model_ref(model_id) == ref and db.cost_model(model_id).body == {"a": [1.0, 2.0]}  # type: ignore[union-attr]
+    assert db.cost_model_ref(device_key=FP.key, backend="ort") is None and db.cost_model_ref(model_id + 1) is None
     # A second process opening the same file sees the same data.
     again = Database(f"sqlite:///{tmp_path / 'a.db'}")
     summary = again.summary()

@@ -98,7 +98,9 @@ def test_profile_command_end_to_end(tmp_path: Path) -> None:
     again = CliRunner().invoke(main, ["profile", "--configs", "4", "--db", url, "--quiet"])
     assert again.exit_code == 0, again.output
     assert db.summary().counts["profile runs"] == 2
-    assert db.latest_cost_model(fingerprint(CPU).key, "torch").run_ids == [1, 2]  # type: ignore[union-attr]
+    newest = db.cost_model_ref(device_key=fingerprint(CPU).key, backend="torch")
+    assert newest is not None and db.cost_model(newest.id).run_ids == [1, 2]  # type: ignore[union-attr]
+    assert device_costs(db, fingerprint(CPU))[1] == {"kind": "learned", "id": newest.id}
 
 
 def test_planning_costs_work_without_a_profile(tmp_path: Path) -> None:

@@ -83,6 +83,15 @@ class Summary:
     cost_models: list[tuple[int, int, str, datetime, dict[str, Any]]]  # id, device id, backend, created, metrics
 
 
+@dataclass(frozen=True)
+class CostModelRef:
+    """A stored cost model without its body: enough to tell whether a copy decoded earlier is this one."""
+
+    id: int
+    format_version: int
+    created_at: datetime
+
+
 class Database:
     """An opened, up-to-date hyinf database."""
 
@@ -199,11 +208,16 @@ class Database:
             s.flush()
             return row.id
 
-    def latest_cost_model(self, device_key: str, backend: str) -> CostModelRow | None:
+    def cost_model_ref(self, model_id: int | None = None, *, device_key: str = "", backend: str = "") -> CostModelRef | None:
+        """Stored cost model `model_id`, else the newest for this device and backend, without its body."""
+        query = select(CostModelRow.id, CostModelRow.format_version, CostModelRow.created_at)
+        if model_id is not None:
+            query = query.where(CostModelRow.id == model_id)
+        else:
+            query = query.join(Device).where(Device.key == device_key, CostModelRow.backend == backend).order_by(CostModelRow.id.desc())
         with self.session() as s:
-            return s.scalar(
-                select(CostModelRow).join(Device).where(Device.key == device_key, CostModelRow.backend == backend).order_by(CostModelRow.id.desc())
-            )
+            row = s.execute(query.limit(1)).first()
+        return CostModelRef(*row) if row is not None else None
 
     # ---- plans ---------------------------------------------------------------------------------
 

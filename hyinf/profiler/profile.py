@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -12,6 +14,7 @@ import torch
 from hyinf.errors import SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
 from hyinf.plans_db import Database
+from hyinf.plans_db.store import CostModelRef
 from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, CostModel, LearnedCosts
 from hyinf.profiler.fitting import FitReport, evaluate, fit
 from hyinf.profiler.machine import DeviceFingerprint, fingerprint
@@ -105,18 +108,40 @@ def profile(
 def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "torch", model_id: int | None = None) -> tuple[CostModel, dict[str, Any]]:
     """The cost model to plan with, and what it is: stored model `model_id`, else the newest fitted for this
     device and backend, else the analytic model with default constants, so planning always works.
-    A stored model made for other features is skipped, never misread."""
+    A stored model made for other features is skipped, never misread. The same stored model gives the
+    same object, decoded once per process, so plans made with it can be kept (`plan_grid`)."""
     if db is not None:
-        row = db.cost_model(model_id) if model_id is not None else db.latest_cost_model(fp.key, backend)
-        if model_id is not None and row is None:
+        ref = db.cost_model_ref(model_id, device_key=fp.key, backend=backend)
+        if model_id is not None and ref is None:
             raise SettingsError(f"the database has no cost model {model_id}; `hyinf db info` lists them")
-        if row is not None and row.format_version == FORMAT_VERSION:
-            try:
-                return LearnedCosts.from_body(row.body), {"kind": "learned", "id": row.id}
-            except (ValueError, KeyError, TypeError):
-                pass
+        if ref is not None and ref.format_version == FORMAT_VERSION and (model := _stored_costs(db, ref)) is not None:
+            return model, {"kind": "learned", "id": ref.id}
         if model_id is not None:
             raise SettingsError(f"cost model {model_id} was made by another hyinf version; run `hyinf profile` again")
         if backend != "torch":  # never profiled on this backend: the torch costs rank modes alike far better than defaults
             return device_costs(db, fp, "torch")
-    return AnalyticCosts.default(fp.kind), {"kind": "analytic", "id": None}
+    return _default_costs(fp.kind), {"kind": "analytic", "id": None}
+
+
+_DECODED: dict[tuple[str, int, datetime], LearnedCosts] = {}
+_DECODED_SIZE = 4
+
+
+def _stored_costs(db: Database, ref: CostModelRef) -> LearnedCosts | None:
+    """Stored model `ref`, decoded once per process (its 600 trees' JSON take 0.1-0.15 s); None when it
+    was made for other features. The creation time tells a model from one of a recreated database."""
+    key = (db.url, ref.id, ref.created_at)
+    if key not in _DECODED:
+        row = db.cost_model(ref.id)
+        try:
+            _DECODED[key] = LearnedCosts.from_body(row.body if row is not None else {})
+        except (ValueError, KeyError, TypeError):
+            return None
+        while len(_DECODED) > _DECODED_SIZE:
+            _DECODED.pop(next(iter(_DECODED)))
+    return _DECODED[key]
+
+
+@functools.cache
+def _default_costs(device_kind: str) -> AnalyticCosts:
+    return AnalyticCosts.default(device_kind)
