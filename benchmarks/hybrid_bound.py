@@ -3,13 +3,14 @@
 A plan picks, per node and block of positions, incremental or full evaluation, and pays for the
 conversions where the mode changes. Whatever it picks, a node costs at least the faster of its two
 modes, conversions cost at least nothing, and the nodes no plan can choose for cost the same in
-every plan. So no plan beats all-incremental by more than
+every plan. So a plan beats all-incremental by at most about
 
     sum over blocks and choosable nodes of t_incremental / sum of min(t_incremental, t_full),
 
-timed by the profiler's own measurement (`hyinf.profiler.measure.measure_program`: each node in
+with each node timed by the profiler's own measurement (`hyinf.profiler.measure.measure_program`: each node in
 both modes on a chunk of positions spread over the block, alternating, median of the repeats),
-scaled by each block's positions. Beside it: the suite's measured hybrid over all-incremental (same
+scaled by each block's positions. Timed in isolation on chunks of 32 positions, the nodes do not run
+exactly as in a whole run, so this is an estimate of the ceiling, not a proof. Beside it: the suite's measured hybrid over all-incremental (same
 CSV as flop_limits.py), and the share of all-incremental's time the choosable nodes account for.
 Usage (after suite.py):
 
@@ -68,9 +69,9 @@ def main() -> None:
     lines = [
         (f"Machine: {machine()}. Patch {args.patch}, stride {args.stride}; every choosable node of every block timed in both modes "
          f"({POSITIONS} positions per chunk, median of {args.repeats} alternating repeats), scaled to the block's positions. "
-         "'choosable, incremental' and 'choosable, best mode' sum those nodes' times over the grid; their ratio bounds what any "
-         "plan can gain over all-incremental. 'share' = choosable nodes' all-incremental time / the suite's all-incremental time.\n"),
-        "| model | blocks | choosable, incremental (s) | choosable, best mode (s) | bound: any plan over incremental | share | suite: hybrid over incremental |",
+         "'choosable, incremental' and 'choosable, best mode' sum those nodes' times over the grid; their ratio estimates the most "
+         "any plan can gain over all-incremental. 'share' = choosable nodes' all-incremental time / the suite's all-incremental time.\n"),
+        "| model | blocks | choosable, incremental (s) | choosable, best mode (s) | estimate: best plan over incremental | share | suite: hybrid over incremental |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in read_csv(args.csv):
