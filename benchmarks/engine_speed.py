@@ -179,6 +179,13 @@ def save_figure(fig: Any, ax: Any, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def report(text: str, path: Path | None, name: str) -> None:
+    """Print a section's text, and put it between its markers in the markdown file `path` when given."""
+    print(text)
+    if path is not None:
+        write_section(path, text, name)
+
+
 def write_section(path: Path, text: str, name: str = "engine-speed") -> None:
     """Replace the text between the `name` markers of a markdown file (or append a marked section)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine_speed import write_section
+from engine_speed import report
 from suite import build, read_csv
 
 from hyinf.graph.flops import exact_window_flops, full_flops, plan_flops
@@ -67,10 +67,7 @@ def main() -> None:
                      f"{row.rate / 1e9:.0f} | {blocks / incremental / 1e9:.0f} | "
                      f"{incremental / row.median('hybrid'):.2f}x | {row.rate * incremental / blocks:.2f}x | "
                      f"{captum / best:.2f}x | {captum / (own / row.rate):.1f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        write_section(args.write, text, "flop-limits")
+    report("\n".join(lines) + "\n", args.write, "flop-limits")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from engine_speed import machine, write_section
+from engine_speed import machine, report
 from suite import build, read_csv
 
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
@@ -82,10 +82,7 @@ def main() -> None:
         lines.append(f"| {row.model} ({row.size}) | {blocks} | {incremental:.2f} | {best:.2f} | {incremental / best:.2f}x | "
                      f"{incremental / row.median('incremental'):.0%} | {measured:.2f}x |")
         print(lines[-1], file=sys.stderr, flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        write_section(args.write, text, "hybrid-bound")
+    report("\n".join(lines) + "\n", args.write, "hybrid-bound")
 
 
 if __name__ == "__main__":
