@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 
@@ -11,7 +12,7 @@ from hyinf.explain import _PROGRAMS
 
 
 def _programs() -> set[int]:
-    return {id(program) for _, program in _PROGRAMS.entries.values()}
+    return {id(program) for _, program in _PROGRAMS.kept.entries.values()}
 
 
 def test_programs_are_reused_until_the_model_changes() -> None:
@@ -31,3 +32,27 @@ def test_programs_are_reused_until_the_model_changes() -> None:
     model.fc = torch.nn.Linear(512, 10)  # a replaced layer: new parameters
     replaced = hyinf.explain(model, image, patch=8, stride=8, mode="hybrid")
     assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, replaced.scores, "after a layer was replaced")
+
+
+def test_kept_values_are_rebuilt_when_invalid_or_evicted_and_failures_are_not_kept() -> None:
+    from hyinf.kept import Kept
+
+    builds: list[str] = []
+
+    def build(value: str) -> str:
+        builds.append(value)
+        return value
+
+    kept: Kept[str] = Kept(2)
+    assert kept.get("a", lambda: build("a")) == kept.get("a", lambda: build("other")) == "a"
+    assert kept.get("a", lambda: build("a2"), valid=lambda v: v != "a") == "a2"  # invalid: rebuilt
+    kept.get("b", lambda: build("b"))
+    kept.get("c", lambda: build("c"))  # three keys held by a store of two: "a" goes
+    assert kept.get("a", lambda: build("a3")) == "a3" and builds == ["a", "a2", "b", "c", "a3"]
+
+    def fail() -> str:
+        raise ValueError("cannot build")
+
+    with pytest.raises(ValueError):
+        kept.get("d", fail)
+    assert "d" not in kept.entries

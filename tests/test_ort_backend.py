@@ -94,9 +94,9 @@ def test_sessions_are_reused_until_the_weights_change() -> None:
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     image = torch.rand(3, 32, 32)
     first = hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort")
-    engines = {id(e) for _, e in _ORT_ENGINES.entries.values()}
+    engines = {id(e) for _, e in _ORT_ENGINES.kept.entries.values()}
     again = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="incremental", backend="ort")
-    assert {id(e) for _, e in _ORT_ENGINES.entries.values()} == engines  # found, not rebuilt
+    assert {id(e) for _, e in _ORT_ENGINES.kept.entries.values()} == engines  # found, not rebuilt
     assert not torch.equal(first.scores, again.scores)
     with torch.no_grad():
         model.fc.weight.mul_(-2.0)  # an in-place update, as a training step makes

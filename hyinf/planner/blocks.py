@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.geometry import OcclusionGrid, changed_regions, position_blocks
 from hyinf.graph.ir import Graph
+from hyinf.kept import Kept
 from hyinf.planner.costs import GraphCosts, plan_cost, predict_costs
 from hyinf.planner.heuristic import single_switch_plan
 from hyinf.planner.optimal import optimal_plan
@@ -36,15 +37,10 @@ def plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str
     and held with the plans, so its identity cannot pass to another model while they are kept.
     """
     key = (graph_fingerprint(graph), grid, strategy, id(model))
-    if key not in _PLANNED:
-        _PLANNED[key] = (model, _plan_grid(graph, grid, model, strategy))
-        while len(_PLANNED) > _PLANNED_SIZE:
-            _PLANNED.pop(next(iter(_PLANNED)))
-    return list(_PLANNED[key][1])
+    return list(_PLANNED.get(key, lambda: (model, _plan_grid(graph, grid, model, strategy)))[1])
 
 
-_PLANNED: dict[tuple[str, OcclusionGrid, str, int], tuple[CostModel, list[BlockPlan]]] = {}
-_PLANNED_SIZE = 8
+_PLANNED: Kept[tuple[CostModel, list[BlockPlan]]] = Kept(8)
 
 
 def _plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str) -> list[BlockPlan]:

@@ -6,13 +6,13 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import torch
 
 from hyinf.errors import SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
+from hyinf.kept import Kept
 from hyinf.plans_db import Database
 from hyinf.plans_db.store import CostModelRef
 from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, CostModel, LearnedCosts
@@ -123,23 +123,20 @@ def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "tor
     return _default_costs(fp.kind), {"kind": "analytic", "id": None}
 
 
-_DECODED: dict[tuple[str, int, datetime], LearnedCosts] = {}
-_DECODED_SIZE = 4
+_DECODED: Kept[LearnedCosts] = Kept(4)
 
 
 def _stored_costs(db: Database, ref: CostModelRef) -> LearnedCosts | None:
     """Stored model `ref`, decoded once per process (its 600 trees' JSON take 0.1-0.15 s); None when it
     was made for other features. The creation time tells a model from one of a recreated database."""
-    key = (db.url, ref.id, ref.created_at)
-    if key not in _DECODED:
+    def decode() -> LearnedCosts:
         row = db.cost_model(ref.id)
-        try:
-            _DECODED[key] = LearnedCosts.from_body(row.body if row is not None else {})
-        except (ValueError, KeyError, TypeError):
-            return None
-        while len(_DECODED) > _DECODED_SIZE:
-            _DECODED.pop(next(iter(_DECODED)))
-    return _DECODED[key]
+        return LearnedCosts.from_body(row.body if row is not None else {})
+
+    try:
+        return _DECODED.get((db.url, ref.id, ref.created_at), decode)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @functools.cache

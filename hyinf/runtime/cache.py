@@ -8,6 +8,8 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
+from hyinf.kept import Kept
+
 T = TypeVar("T")
 Key = tuple[Hashable, ...]
 
@@ -22,8 +24,7 @@ class ModelCache(Generic[T]):
     """
 
     def __init__(self, size: int) -> None:
-        self.size = size
-        self.entries: dict[Key, tuple[Callable[[], Any], T]] = {}
+        self.kept: Kept[tuple[Callable[[], Any], T]] = Kept(size)
 
     @staticmethod
     def identity(model: nn.Module | str) -> tuple[Callable[[], Any], Key]:
@@ -35,12 +36,4 @@ class ModelCache(Generic[T]):
     def get(self, model: nn.Module | str, settings: Key, build: Callable[[], T]) -> T:
         """The value for `model` (a module, or an ONNX model's digest) and `settings`, built when missing."""
         alive, ident = self.identity(model)
-        key = (ident, settings)
-        entry = self.entries.get(key)
-        if entry is not None and entry[0]() is not None:
-            return entry[1]
-        value = build()
-        self.entries[key] = (alive, value)
-        while len(self.entries) > self.size:
-            self.entries.pop(next(iter(self.entries)))
-        return value
+        return self.kept.get((ident, settings), lambda: (alive, build()), valid=lambda entry: entry[0]() is not None)[1]
