@@ -4,7 +4,7 @@ chunks and blocks together without changing any score."""
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from conftest import assert_close_to, assert_matches_naive, seeded
 
@@ -12,9 +12,12 @@ import hyinf
 from hyinf.explain import compile_engine
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.torch_frontend import trace_torch
-from hyinf.runtime.engine import CleanImage, graph_tail
+from hyinf.graph.geometry import position_blocks
+from hyinf.planner.plan import Plan
+from hyinf.runtime.engine import BlockedEngine, CleanImage, Repr
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.occlusion import patch_fill
+from hyinf.runtime.tail import graph_tail
 
 
 def vgg_like() -> nn.Module:
@@ -97,3 +100,70 @@ def test_ort_backend_runs_the_tail_as_its_own_session() -> None:
     for batch_size in (3, 64):  # tail batches of many runs, or of one
         result = hyinf.explain(model, image, patch=6, stride=2, mode="incremental", backend="ort", batch_size=batch_size)
         assert_close_to(reference.scores, result.scores, f"ort, batch {batch_size}")
+
+
+def test_linear_layers_record_their_weights_from_every_frontend() -> None:
+    model = vgg_like()
+    recorded = list(trace_torch(model, (1, 3, 32, 32)).linear.values())  # the program's copies of the weights
+    assert [(tuple(w.shape), tuple(b.shape)) for w, b in recorded] == [((32, 512), (32,)), ((5, 32), (5,))]
+    assert all(torch.equal(w, model[i].weight) and torch.equal(b, model[i].bias) for (w, b), i in zip(recorded, (7, 10)))
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.w, self.b = nn.Conv2d(3, 4, 3), nn.Parameter(torch.randn(5, 4 * 14 * 14)), nn.Parameter(torch.randn(5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(torch.flatten(self.conv(x), 1), self.w, self.b)
+
+    seeded(9)
+    functional = Functional().eval()
+    weights = list(trace_torch(functional, (1, 3, 16, 16)).linear.values())
+    assert len(weights) == 1 and torch.equal(weights[0][0], functional.w) and torch.equal(weights[0][1], functional.b)
+
+    class Squared(nn.Linear):  # kept whole (a leaf) by a custom tracer: not a linear map, so not taken for one
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) ** 2
+
+    class Leaves(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            return isinstance(m, Squared) or super().is_leaf_module(m, name)
+
+    squared = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), Squared(2 * 14 * 14, 3)).eval()
+    traced = fx.GraphModule(squared, Leaves().trace(squared))
+    program = trace_torch(traced, (1, 3, 16, 16))
+    assert any(n.label.endswith("(Squared)") for n in program.graph.nodes) and program.linear == {}
+
+
+def test_first_linear_layer_from_the_changed_windows_equals_naive() -> None:
+    """vgg16's 25088x4096 layer under a threshold reads 4x4 of pool5's 7x7: the windowed layer must give
+    the dense layer's outputs, across images, blocks whose source maps are windows or whole maps, and
+    batches that mix them."""
+    model = vgg_like()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    program = trace_torch(model, (1, 3, 32, 32))
+    grid = OcclusionGrid.make((32, 32), 6, 2)
+    source = program.graph.nodes[6].name  # the second max pooling, 8x8, flattened into the first linear layer
+    blocks = position_blocks(program.graph, grid)
+    smallest = min(range(len(blocks)), key=lambda k: len(blocks[k]))
+    mixed = [(block, Plan.uniform("full" if k == smallest else "incremental")) for k, block in enumerate(blocks)]
+    fill = patch_fill(0.0, 3, images.device, images.dtype)
+    only = torch.rand(len(grid), generator=torch.Generator().manual_seed(2)) < 0.5
+    for plans in (mixed, [(block, Plan.uniform("incremental")) for block in blocks]):
+        engine = BlockedEngine(program, grid, plans)
+        assert engine.windowed is not None and engine.windowed.source == source
+        assert {e.repr[source] for e in engine.engines} == ({Repr.WIN, Repr.FULL} if plans is mixed else {Repr.WIN})
+        for batch_size, chosen in ((1, None), (4, only), (64, None)):
+            expected = {}
+            for k in range(len(images)):
+                with torch.no_grad():
+                    expected |= {(k, p): out for p, out in outputs_by_position(naive_chunks(model, images[k : k + 1], grid, fill, 9, chosen)).items()}
+            got = {(int(k), int(p)): out for ks, ps, outs in engine.chunks(CleanImage(program, images), fill, batch_size, chosen) for k, p, out in zip(ks, ps, outs)}
+            assert got.keys() == expected.keys()
+            assert_close_to(torch.stack([expected[key] for key in sorted(expected)]), torch.stack([got[key] for key in sorted(expected)]), f"batch {batch_size}")
+
+
+def test_dense_first_layer_where_windows_would_not_save_work() -> None:
+    program = trace_torch(vgg_like(), (1, 3, 32, 32))
+    assert compile_engine(program, OcclusionGrid.make((32, 32), 6, 2), "full").windowed is None  # whole maps everywhere
+    assert compile_engine(program, OcclusionGrid.make((32, 32), 26, 2), "incremental").windowed is None  # windows of most of the map

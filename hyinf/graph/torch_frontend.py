@@ -122,6 +122,7 @@ class _Builder:
         self.full: dict[str, Callable[..., torch.Tensor]] = {}
         self.local: dict[str, LocalKernel] = {}
         self.inplace: dict[str, Callable[..., torch.Tensor]] = {}
+        self.linear: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.input = ""
 
     def build(self) -> TorchProgram:
@@ -137,7 +138,7 @@ class _Builder:
                     self._node(n)
         assert output is not None
         graph = Graph(tuple(self.nodes.values()), self.input, output)
-        return TorchProgram(graph, self.full, self.local, self.device, self.inplace)
+        return TorchProgram(graph, self.full, self.local, self.device, self.inplace, self.linear)
 
     def _placeholder(self, n: fx.Node) -> None:
         if self.nodes:
@@ -178,6 +179,8 @@ class _Builder:
             self.inplace[n.name] = inplace
         if spec.local is not None:
             self.local[n.name] = spec.local
+        if spec.linear is not None and spec.full is None:
+            self.linear[n.name] = spec.linear
 
     def _classify(self, n: fx.Node, inputs: list[Node], proto: Node) -> tuple[Spec, str, str]:
         """The node's spec, its label and its canonical operation name."""

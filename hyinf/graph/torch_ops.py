@@ -9,6 +9,7 @@ Anything it does not recognise, or recognises with settings it cannot treat loca
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import re
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ class Spec:
     macs: int = 1
     local: LocalKernel | None = None
     full: Callable[..., torch.Tensor] | None = None
+    linear: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (weight, bias) where the op is F.linear of its input
 
 
 _FN_ALIASES = {
@@ -284,7 +286,9 @@ def classify_module(module: nn.Module, inputs: Sequence[Node], out: Node, device
     if isinstance(module, nn.Flatten):
         return _reshape(inp, out)
     if isinstance(module, nn.Linear):
-        return _channel_last(inp, 1, module.in_features)
+        if type(module).forward is not nn.Linear.forward:  # a subclass may compute something else
+            return _channel_last(inp, 1, module.in_features)
+        return _linear(inp, module.weight, module.bias)
     if isinstance(module, nn.LayerNorm):
         return _channel_last(inp, len(module.normalized_shape))
     if isinstance(module, nn.Softmax | nn.LogSoftmax):
@@ -298,6 +302,12 @@ def _channel_last(inp: Node, trailing: int, macs: int = 1) -> Spec:
     if inp.spatial is not None and max(inp.spatial) >= rank - trailing:
         return Spec(Op.OPAQUE, None)
     return Spec(Op.POINTWISE, inp.spatial, macs=macs)
+
+
+def _linear(inp: Node, weight: torch.Tensor, bias: torch.Tensor | None) -> Spec:
+    """F.linear of the input with constant weights: recorded, so the runtime can apply them to parts of it."""
+    spec = _channel_last(inp, 1, weight.shape[-1])
+    return dataclasses.replace(spec, linear=(weight, bias)) if spec.op is Op.POINTWISE else spec
 
 
 def _along(inp: Node, dim: int) -> Spec:
@@ -396,8 +406,7 @@ def classify_call(
         return spec
     if name in ("linear", "layer_norm") and single:
         if name == "linear":
-            weight = _arg(args, kwargs, 1, "weight")
-            return _channel_last(inp, 1, weight.shape[-1])
+            return _linear(inp, _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias"))
         return _channel_last(inp, len(_arg(args, kwargs, 1, "normalized_shape")))
     if name == "batch_norm" and _arg(args, kwargs, 5, "training", False):
         return Spec(Op.OPAQUE, None)

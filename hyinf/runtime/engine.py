@@ -15,8 +15,7 @@ in the other representation (paste into the base map, or cut windows out of whol
 from __future__ import annotations
 
 import enum
-import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from hyinf.planner.plan import Mode, Plan
 from hyinf.runtime.memory import retain_freed_memory
 from hyinf.runtime.occlusion import PatchSpans
 from hyinf.runtime.program import TorchProgram
+from hyinf.runtime.tail import TAIL_BATCH, WINDOWED_SHARE, Cells, Tail, WindowedLinear, batches, graph_tail
 from hyinf.runtime.windows import each_map, from_rows, gather, middle_shape, overlay, paste, to_rows, window_index
 
 
@@ -229,7 +229,34 @@ class ImageRun:
         """The model's outputs from the cut node's values of (image, position) pairs."""
         return self._run(ex, idx, tail.nodes, {tail.cut: cut}, self.e.graph.output)
 
+    def changed_cells(self, ex: torch.Tensor, idx: torch.Tensor, tail: Tail, source: str) -> Cells:
+        """What changed in the map of `source` (a node before the tail's cut) for (image, position)
+        pairs, cell by cell: the input of a windowed tail."""
+        self._interpret(ex, idx, self.e.graph.nodes[: -len(tail.nodes) - 1], {}, source)
+        (rows, cols), n, dev = self.e.graph[source].spatial_size, self.n, self.e.device
+        if self.e.repr[source] is Repr.WIN:
+            delta, top, left, (h, w) = self._window_delta(source)
+            cells = (top[:, None, None] + torch.arange(h, device=dev)[:, None]) * cols + left[:, None, None] + torch.arange(w, device=dev)
+            return Cells(delta, cells.reshape(-1), torch.full((n,), h * w, device=dev))
+        spatial, _ = self._layout(source)  # full maps (never the clean value: the source reads the image)
+        pixels = rows * cols
+        new = to_rows(self.env[source], spatial).view(n, pixels, -1)
+        old = self._each(self.clean.rows(source).view(self.images, pixels, -1))
+        cells = torch.arange(pixels, device=dev).repeat(n)
+        return Cells((new - old).reshape(n * pixels, -1), cells, torch.full((n,), pixels, device=dev))
+
+    def clean_value(self, name: str, ex: torch.Tensor) -> torch.Tensor:
+        """A node's clean value for each of the images `ex`."""
+        base = self.base[name]
+        return base.index_select(0, ex) if base.shape[0] > 1 else base.expand(len(ex), *base.shape[1:])
+
     def _run(self, ex: torch.Tensor, idx: torch.Tensor, nodes: tuple[Node, ...], env: dict[str, torch.Tensor], result: str) -> torch.Tensor:
+        self._interpret(ex, idx, nodes, env, result)
+        return self.full_value(result)
+
+    def _interpret(self, ex: torch.Tensor, idx: torch.Tensor, nodes: tuple[Node, ...], env: dict[str, torch.Tensor], result: str) -> None:
+        """Evaluate `nodes` for (image, position) pairs into `self.env`, starting from `env`, keeping
+        `result` and dropping other values once nothing more reads them."""
         e = self.e
         cols = e.grid.shape[1]
         self.ex, self.i, self.j, self.n = ex, idx // cols, idx % cols, len(idx)
@@ -243,7 +270,6 @@ class ImageRun:
                 self.remaining[name] -= 1
                 if self.remaining[name] == 0 and name not in (e.graph.output, result):
                     self.env.pop(name, None)
-        return self.full_value(result)
 
     def evaluate(self, node: Node, rep: Repr) -> torch.Tensor:
         """One node's value for the chunk (the profiler overrides this to time it)."""
@@ -360,69 +386,21 @@ class ImageRun:
     def _gap_update(self, node: Node) -> torch.Tensor:
         """Exact global average pooling from the changed window alone: base mean + window delta / area."""
         src = node.inputs[0]
-        spatial, _ = self._layout(src)
         rows, cols = self.e.graph[src].spatial_size
+        delta, _, _, size = self._window_delta(src)
+        mean = delta.view(self.n, size[0] * size[1], -1).sum(1) / (rows * cols)
+        return self._each(self.base[node.name]) + mean.reshape(self.n, *node.shape[1:])
+
+    def _window_delta(self, src: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """An incremental node's window minus the clean values there, in rows, with each position's
+        window top and left and the window's size."""
+        spatial, _ = self._layout(src)
+        cols = self.e.graph[src].spatial_size[1]
         size = self._window_size(src)
         top, left = self.e.offsets[src]
-        old = gather(self.clean.rows(src), window_index(top[self.i], left[self.j], *size, cols, self._maps(rows * cols)))
-        new = to_rows(self.env[src], spatial)
-        delta = (new - old).view(self.n, size[0] * size[1], -1).sum(1) / (rows * cols)
-        return self._each(self.base[node.name]) + delta.reshape(self.n, *node.shape[1:])
-
-
-@dataclass(frozen=True)
-class Tail:
-    """A classifier such as vgg16's three linear layers: the nodes after `cut` (a value without spatial
-    axes, such as the flattened maps), which read only the cut and each other and have no spatial axes
-    either. `bytes_per_position` counts the cut's and the nodes' values."""
-
-    cut: str
-    nodes: tuple[Node, ...]
-    bytes_per_position: int
-
-
-# Positions of all chunks and blocks meet in the tail in batches up to this size: vgg16's 25088x4096
-# linear layer ran at 89 GFLOP/s in chunks of at most 64 (less at the end of each block) and about
-# 150 GFLOP/s at 512-729 on a 2-core EPYC, where its weights are streamed once per batch.
-TAIL_BATCH = 512
-
-
-def graph_tail(graph: Graph, element_size: int = 4) -> Tail | None:
-    """The graph's longest tail: nodes without spatial axes, after a node without them, that read only
-    that node and each other; None when there is none (the output has spatial axes)."""
-    nodes, index = graph.nodes, {n.name: k for k, n in enumerate(graph.nodes)}
-    if nodes[-1].name != graph.output:
-        return None
-    start, first_read = None, len(nodes)
-    for k in range(len(nodes) - 1, 0, -1):
-        node = nodes[k]
-        if node.spatial is not None or not node.inputs:
-            break
-        first_read = min(first_read, *(index[i] for i in node.inputs))
-        if first_read >= k - 1 and nodes[k - 1].spatial is None and nodes[k - 1].inputs:
-            start = k
-    if start is None:
-        return None
-    kept = nodes[start - 1 :]
-    return Tail(nodes[start - 1].name, nodes[start:], element_size * sum(math.prod(n.shape[1:]) for n in kept))
-
-
-def batches(parts: Iterable[tuple[torch.Tensor, ...]], limit: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Consecutive parts (tuples of tensors, one row per position) concatenated into batches of at
-    least `limit` rows (the last may hold fewer; empty parts are dropped): where chunks meet to run a
-    model's tail together."""
-    pending: list[tuple[torch.Tensor, ...]] = []
-    rows = 0
-    for part in parts:
-        if len(part[0]) == 0:  # a block without positions in this run
-            continue
-        pending.append(part)
-        rows += len(part[0])
-        if rows >= limit:
-            yield tuple(torch.cat(column) for column in zip(*pending))
-            pending, rows = [], 0
-    if pending:
-        yield tuple(torch.cat(column) for column in zip(*pending))
+        top, left = top[self.i], left[self.j]
+        old = gather(self.clean.rows(src), window_index(top, left, *size, cols, self._maps(self.e.graph[src].spatial_size[0] * cols)))
+        return to_rows(self.env[src], spatial) - old, top, left, size
 
 
 class BlockedEngine:
@@ -438,6 +416,21 @@ class BlockedEngine:
         tail = graph_tail(program.graph)
         shared = tail is not None and all(e.repr[n.name] is Repr.FULL for e in self.engines for n in (program.graph[tail.cut], *tail.nodes))
         self.tail = tail if shared else None
+        self.windowed = self._windowed()
+
+    def _windowed(self) -> WindowedLinear | None:
+        """The tail's first layer from changed cells, where that saves work over the dense layer."""
+        if self.tail is None:
+            return None
+        windowed = WindowedLinear.find(self.program, self.tail)
+        if windowed is None:
+            return None
+        changed = 0
+        for engine in self.engines:
+            rep = engine.repr[windowed.source]
+            area = engine.regions[windowed.source].window_area if rep is Repr.WIN else windowed.cells if rep is Repr.FULL else 0
+            changed += area * len(engine.grid)
+        return windowed if changed <= WINDOWED_SHARE * windowed.cells * len(self.grid) else None
 
     @property
     def strategy(self) -> str:
@@ -461,9 +454,18 @@ class BlockedEngine:
                 yield from engine.prepare(clean, fill).chunks(batch_size, only)
             return
         tail, runs = self.tail, [engine.prepare(clean, fill) for engine in self.engines]
-        heads = ((ex, run.positions[idx], run.head(ex, idx, tail)) for run in runs for ex, idx in run.pairs(batch_size, only))
-        for ex, positions, cut in batches(heads, self.tail_batch(batch_size)):
-            yield ex, positions, runs[0].tail(ex, torch.zeros_like(positions), tail, cut)  # tail nodes are full: positions unused
+        limit = self.tail_batch(batch_size)
+        if self.windowed is None:
+            heads = ((ex, run.positions[idx], run.head(ex, idx, tail)) for run in runs for ex, idx in run.pairs(batch_size, only))
+            for ex, positions, cut in batches(heads, limit):
+                yield ex, positions, runs[0].tail(ex, torch.zeros_like(positions), tail, cut)  # tail nodes are full: positions unused
+            return
+        first, source = self.windowed.node.name, self.windowed.source
+        after = Tail(first, tail.nodes[1:], tail.bytes_per_position)
+        parts = ((ex, run.positions[idx], *run.changed_cells(ex, idx, tail, source)) for run in runs for ex, idx in run.pairs(batch_size, only))
+        for ex, positions, delta, cell, counts in batches(parts, limit):
+            value = self.windowed(runs[0].clean_value(first, ex), Cells(delta, cell, counts))
+            yield ex, positions, runs[0].tail(ex, torch.zeros_like(positions), after, value)
 
     def tail_batch(self, batch_size: int) -> int:
         """How many positions run the tail together, given the chunk size before it."""

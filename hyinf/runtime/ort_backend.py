@@ -10,7 +10,7 @@ One graph serves every block of positions (blocks have different window sizes, s
 differ): each run evaluates a slice of every block at once, so the weights are stored and
 pre-packed once. The clean image's activations are computed once per image by the torch program
 and handed to the graph as inputs without copies. Where the model ends in a classifier tail (see
-`hyinf.runtime.engine.Tail`), the graph stops at the tail's cut and a second, small graph runs the
+`hyinf.runtime.tail.Tail`), the graph stops at the tail's cut and a second, small graph runs the
 tail on the cut values of many runs at once, so large linear layers see large batches.
 """
 
@@ -31,7 +31,8 @@ from torch import nn
 
 from hyinf.errors import ModelError, SettingsError
 from hyinf.graph.ir import Node
-from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun, Tail, batches
+from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
+from hyinf.runtime.tail import Tail, batches
 
 OPSET = 17
 CHECK_TOLERANCE = 1e-4  # of the output scale: the first chunk of a new session against the torch backend

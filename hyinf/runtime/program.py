@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,7 +34,8 @@ class TorchProgram:
     for any batch size, without modifying them. `local[name]` exists for local ops and evaluates
     them on windows. `inplace[name]`, where the source call has an in-place form (ReLU, +=), computes
     the same but may overwrite its first input: the runtime uses it when nothing else reads that value,
-    sparing the allocation of large new maps.
+    sparing the allocation of large new maps. `linear[name]` holds (weight, bias) of nodes that are
+    F.linear of their input with constant weights, for kernels that apply them to parts of it.
     """
 
     graph: Graph
@@ -42,3 +43,4 @@ class TorchProgram:
     local: Mapping[str, LocalKernel]
     device: torch.device
     inplace: Mapping[str, Callable[..., torch.Tensor]]
+    linear: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
