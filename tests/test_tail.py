@@ -3,6 +3,8 @@ chunks and blocks together without changing any score."""
 
 from __future__ import annotations
 
+import gc
+
 import torch
 from torch import fx, nn
 
@@ -17,7 +19,8 @@ from hyinf.planner.plan import Plan
 from hyinf.runtime.engine import BlockedEngine, CleanImage, Repr
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.occlusion import patch_fill
-from hyinf.runtime.tail import graph_tail
+from hyinf.runtime import tail as tail_module
+from hyinf.runtime.tail import cell_major, graph_tail
 
 
 def vgg_like() -> nn.Module:
@@ -167,3 +170,16 @@ def test_dense_first_layer_where_windows_would_not_save_work() -> None:
     program = trace_torch(vgg_like(), (1, 3, 32, 32))
     assert compile_engine(program, OcclusionGrid.make((32, 32), 6, 2), "full").windowed is None  # whole maps everywhere
     assert compile_engine(program, OcclusionGrid.make((32, 32), 26, 2), "incremental").windowed is None  # windows of most of the map
+
+
+def test_cell_major_weights_go_with_the_weights() -> None:
+    weight = torch.randn(6, 4 * 9, generator=torch.Generator().manual_seed(11))
+    blocks = cell_major(weight, 9)
+    assert torch.equal(blocks[4], weight.view(6, 4, 9)[:, :, 4])  # cell 4's (out, C) block
+    assert cell_major(weight, 9) is blocks  # kept
+    weight.mul_(2)  # modified in place: a new copy
+    assert torch.equal(cell_major(weight, 9)[4], weight.view(6, 4, 9)[:, :, 4])
+    held = len(tail_module._CELL_MAJOR.entries)
+    del weight, blocks
+    gc.collect()
+    assert len(tail_module._CELL_MAJOR.entries) < held  # dropped with the weights, not held until evicted
