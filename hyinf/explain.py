@@ -20,6 +20,7 @@ from hyinf.errors import HyinfError, ModelError, SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
 from hyinf.graph.onnx_frontend import OnnxModel, is_onnx, load_onnx
 from hyinf.graph.torch_frontend import trace_torch
+from hyinf.kept import Kept
 from hyinf.planner.plan import Plan
 from hyinf.planner.document import PlanDocument
 from hyinf.planner.select import choose_plan
@@ -40,6 +41,7 @@ MODES = ("hybrid", "incremental", "full", "naive")
 OUTPUTS = ("raw", "softmax")
 BACKENDS = ("torch", "ort")
 _ORT_ENGINES: ModelCache[OrtEngine] = ModelCache(4)
+_ENGINES: Kept[BlockedEngine] = Kept(4)  # a drill-down uses two: its coarse and its fine grid
 _PROGRAMS: ModelCache[TorchProgram] = ModelCache(2)  # tracing vgg16 (copy, trace, check) takes 0.75 s of a 6 s approximate run
 
 
@@ -142,11 +144,19 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
             raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
     if isinstance(plan, Plan) or (plan is None and mode != "hybrid"):
         fixed = plan or Plan.uniform(mode)
-        return BlockedEngine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)])
+        return _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "")
     url = existing_database(db)
     database = Database(url) if url is not None else None
     chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name, backend=backend)
-    return BlockedEngine(program, grid, chosen.blocks, source=chosen.source)
+    return _blocked_engine(program, grid, chosen.blocks, chosen.source)
+
+
+def _blocked_engine(program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str) -> BlockedEngine:
+    """The engine for these blocks and plans, built once per program: building one (every block's
+    windows, offsets and reads) took 0.04-0.12 s of every call on resnet18, vgg16 and resnet50."""
+    plans = tuple((block, p.strategy, p.default, tuple(sorted(p.modes.items()))) for block, p in blocks)
+    key = (id(program), grid, plans, source)
+    return _ENGINES.get(key, lambda: BlockedEngine(program, grid, blocks, source), valid=lambda engine: engine.program is program)
 
 
 def _plan_key(engine: BlockedEngine) -> tuple[Any, ...]:

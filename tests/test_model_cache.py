@@ -56,3 +56,20 @@ def test_kept_values_are_rebuilt_when_invalid_or_evicted_and_failures_are_not_ke
     with pytest.raises(ValueError):
         kept.get("d", fail)
     assert "d" not in kept.entries
+
+
+def test_engines_are_built_once_per_program_grid_and_plans() -> None:
+    from hyinf.explain import compile_engine
+    from hyinf.graph.geometry import OcclusionGrid
+    from hyinf.graph.torch_frontend import trace_torch
+    from hyinf.planner.plan import Plan
+
+    seeded(1)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    program, grid = trace_torch(model, (1, 3, 32, 32)), OcclusionGrid.make((32, 32), 8, 4)
+    engine = compile_engine(program, grid, "incremental")
+    assert compile_engine(program, grid, "incremental") is engine
+    assert compile_engine(program, grid, "hybrid", Plan.uniform("incremental")) is engine  # the same plans, given
+    assert compile_engine(program, grid, "full") is not engine
+    assert compile_engine(program, OcclusionGrid.make((32, 32), 8, 4, 0.5), "incremental") is not engine
+    assert compile_engine(trace_torch(model, (1, 3, 32, 32)), grid, "incremental") is not engine  # another program
