@@ -4,7 +4,10 @@ chunks and blocks together without changing any score."""
 from __future__ import annotations
 
 import gc
+import io
+import warnings
 
+import onnx
 import torch
 from torch import fx, nn
 
@@ -12,14 +15,14 @@ from conftest import assert_close_to, assert_matches_naive, seeded
 
 import hyinf
 from hyinf.explain import compile_engine
-from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.geometry import OcclusionGrid, position_blocks
+from hyinf.graph.onnx_frontend import load_onnx
 from hyinf.graph.torch_frontend import trace_torch
-from hyinf.graph.geometry import position_blocks
 from hyinf.planner.plan import Plan
+from hyinf.runtime import tail as tail_module
 from hyinf.runtime.engine import BlockedEngine, CleanImage, Repr
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.occlusion import patch_fill
-from hyinf.runtime import tail as tail_module
 from hyinf.runtime.tail import cell_major, graph_tail
 
 
@@ -183,3 +186,17 @@ def test_cell_major_weights_go_with_the_weights() -> None:
     del weight, blocks
     gc.collect()
     assert len(tail_module._CELL_MAJOR.entries) < held  # dropped with the weights, not held until evicted
+
+
+def test_imported_onnx_classifiers_get_the_windowed_layer_too() -> None:
+    model, image = vgg_like(), torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(12))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (image[None],), buffer, dynamo=False, opset_version=13)
+    proto = onnx.load_model_from_string(buffer.getvalue())  # Gemm nodes with initializer weights
+    imported = load_onnx(proto)
+    program = trace_torch(imported.module, imported.input_shape)
+    assert compile_engine(program, OcclusionGrid.make((32, 32), 6, 2), "incremental").windowed is not None
+    reference = hyinf.explain(model, image, patch=6, stride=2, mode="naive")
+    assert_close_to(reference.scores, hyinf.explain(proto, image, patch=6, stride=2, mode="incremental").scores, "onnx, windowed layer")
