@@ -289,11 +289,11 @@ class ImageRun:
 
     def full_value(self, name: str) -> torch.Tensor:
         """Whole maps of node `name` for every position of the chunk."""
-        rep, base = self.e.repr[name], self.base[name]
+        rep = self.e.repr[name]
         if rep is Repr.FULL:
             return self.env[name]
         if rep is Repr.BASE:
-            return self._each(base).expand(self.n, *base.shape[1:])
+            return self.clean_value(name, self.ex)
         spatial, middle = self._layout(name)
         size = self.e.graph[name].spatial_size
         top, left = self.e.offsets[name]
@@ -395,11 +395,11 @@ class ImageRun:
         """An incremental node's window minus the clean values there, in rows, with each position's
         window top and left and the window's size."""
         spatial, _ = self._layout(src)
-        cols = self.e.graph[src].spatial_size[1]
+        rows, cols = self.e.graph[src].spatial_size
         size = self._window_size(src)
         top, left = self.e.offsets[src]
         top, left = top[self.i], left[self.j]
-        old = gather(self.clean.rows(src), window_index(top, left, *size, cols, self._maps(self.e.graph[src].spatial_size[0] * cols)))
+        old = gather(self.clean.rows(src), window_index(top, left, *size, cols, self._maps(rows * cols)))
         return to_rows(self.env[src], spatial) - old, top, left, size
 
 
