@@ -43,7 +43,7 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
 
 def run(engine: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> torch.Tensor:
     """Every position's outputs (target 0), chunked as `hyinf.explain` chunks them."""
-    size = batch_size_for(bytes_per_position(engine), len(engine.grid), None, None)
+    size = batch_size_for(bytes_per_position(engine), len(engine.grid), None, None, engine.program.device)
     scores = torch.empty(len(engine.grid))
     with torch.inference_mode():
         for _, positions, outputs in engine.chunks(clean, fill, size):

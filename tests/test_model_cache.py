@@ -73,3 +73,24 @@ def test_engines_are_built_once_per_program_grid_and_plans() -> None:
     assert compile_engine(program, grid, "full") is not engine
     assert compile_engine(program, OcclusionGrid.make((32, 32), 8, 4, 0.5), "incremental") is not engine
     assert compile_engine(trace_torch(model, (1, 3, 32, 32)), grid, "incremental") is not engine  # another program
+
+
+def test_naive_runs_size_their_batches_from_the_kept_program() -> None:
+    seeded()
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    first = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="naive")
+    kept = _programs()
+    again = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="naive")
+    assert _programs() == kept and again.batch_size == first.batch_size
+    incremental = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="incremental")
+    assert _programs() == kept and incremental.mode.startswith("incremental")  # the same program serves the engine
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cpu_model_traced_for_the_gpu_passes_the_in_place_check() -> None:
+    seeded()
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()  # stays on the CPU, as the CLI loads it
+    from hyinf.graph.torch_frontend import trace_torch
+
+    assert trace_torch(model, (1, 3, 64, 64), "cuda").device.type == "cuda"
+    assert torch.backends.cudnn.allow_tf32  # the user's settings are restored

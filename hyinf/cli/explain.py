@@ -35,7 +35,7 @@ from hyinf.explain import BACKENDS, MODES, OUTPUTS
               help="Normalise pixels as the model expects (ImageNet mean and std for torchvision models).")
 @click.option("--weights", type=click.Path(path_type=Path), help="Local state dict (.safetensors or .pt) for torchvision:NAME.")
 @click.option("--batch-size", type=int, help="Positions evaluated at once (default: from --max-memory).")
-@click.option("--max-memory", type=float, help="Memory budget for one chunk of positions, in GiB (default 2).")
+@click.option("--max-memory", type=float, help="Memory budget for one chunk of positions, in GiB (default 2 on a CPU, a quarter of a GPU's free memory).")
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run this plan file (from `hyinf plan -o` or `hyinf plans export`) instead of choosing one.")
 @click.option("--db", "db_url", help=DB_HELP)

@@ -78,7 +78,7 @@ def fast_attribute(model: nn.Module, args: OcclusionArgs, initial: torch.Tensor,
     x = args.inputs[0]
     grid = OcclusionGrid.make(tuple(x.shape[-2:]), args.windows[0][1:], args.strides[0][1:])  # type: ignore[arg-type]
     engine = cache.get(model, (1, *x.shape[1:]), grid, x.device)
-    size = batch_size_for(bytes_per_position(engine), x.shape[0] * len(grid), max_memory, None)
+    size = batch_size_for(bytes_per_position(engine), x.shape[0] * len(grid), max_memory, None, x.device)
     fill = torch.cat([baseline_fill(args.baselines[0], x, b) for b in range(x.shape[0])])
     targets = per_example_targets(args.target, x.shape[0], x.device)
 
