@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -77,6 +77,18 @@ def trace_torch(model: nn.Module, input_shape: tuple[int, ...], device: str | to
     return program
 
 
+@contextlib.contextmanager
+def _float32() -> Iterator[None]:
+    """Full float32 on a GPU: TF32 convolutions (cuDNN's default) round to 10 bits, so a model on the
+    CPU and its program on a GPU would differ by far more than the check below allows."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _check_functional(original: nn.Module, program: TorchProgram, example: torch.Tensor) -> None:
     """The graph runs every op out of place; a model that reads a value after overwriting it in place
     computes something else, which hyinf must refuse rather than answer differently."""
@@ -85,13 +97,15 @@ def _check_functional(original: nn.Module, program: TorchProgram, example: torch
     with contextlib.suppress(NotImplementedError):  # torch.export modules are already in eval form
         original.eval()
     try:
-        expected = original(example.clone().to(where))
+        with _float32():
+            expected = original(example.clone().to(where))
     finally:
         with contextlib.suppress(NotImplementedError):
             original.train(training)
     values: dict[str, torch.Tensor] = {}
-    for node in program.graph.nodes:
-        values[node.name] = program.full[node.name](*([values[i] for i in node.inputs] or [example]))
+    with _float32():
+        for node in program.graph.nodes:
+            values[node.name] = program.full[node.name](*([values[i] for i in node.inputs] or [example]))
     got = values[program.graph.output]
     if isinstance(expected, torch.Tensor) and expected.shape == got.shape and not torch.allclose(expected.to(got.device), got, rtol=1e-4, atol=1e-5):
         raise ModelError(
