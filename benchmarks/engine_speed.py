@@ -50,7 +50,11 @@ class Row:
         return f"{min(t):.1f}-{max(t):.1f}"
 
 
-def machine() -> str:
+def machine(device: torch.device | None = None) -> str:
+    """The host (and, for a GPU run, the GPU) the numbers were measured on."""
+    if device is not None and device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.multi_processor_count} SMs, CUDA {torch.version.cuda}), torch {torch.__version__}, Python {platform.python_version()}"
     cpu = platform.processor() or platform.machine()
     try:  # the model name alone ("AMD EPYC") hides the generation: family and model tell them apart
         info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
@@ -103,11 +107,11 @@ def run(models: list[str], size: int, patch: int, stride: int, repeats: int) -> 
     return rows
 
 
-def check(reference: torch.Tensor, scores: torch.Tensor, what: str) -> float:
+def check(reference: torch.Tensor, scores: torch.Tensor, what: str, tolerance: float = TOLERANCE) -> float:
     scale = float(reference.abs().max().clamp(min=1e-6))
     error = float((scores - reference).abs().max()) / scale
-    if error > TOLERANCE:
-        raise SystemExit(f"{what} differs from naive by {error:.2e} of the score scale (tolerance {TOLERANCE}): not reporting its time")
+    if error > tolerance:
+        raise SystemExit(f"{what} differs from naive by {error:.2e} of the score scale (tolerance {tolerance}): not reporting its time")
     return error
 
 
