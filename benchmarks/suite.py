@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnxruntime
 import torch
 import torchvision
 from captum.attr import Occlusion as CaptumOcclusion
@@ -242,11 +243,12 @@ def table(rows: list[Row], systems: tuple[str, ...]) -> str:
     ]
     for r in rows:
         cells = " | ".join(f"{r.median(s):.2f} ({min(r.times[s]):.2f}-{max(r.times[s]):.2f})" if r.times[s] else "-" for s in shown)
-        h = r.median("hybrid")
-        over = {s: (f"{r.median(s) / h:.2f}x" if s in shown and r.times[s] else "-") for s in ("captum", "naive", "incremental")}
+        h = r.median("hybrid") if r.times["hybrid"] else None  # columns over hybrid are empty in runs without it
+        over = {s: (f"{r.median(s) / h:.2f}x" if h and s in shown and r.times[s] else "-") for s in ("captum", "naive", "incremental")}
         ort = f"{r.median('captum') / r.median('hybrid-ort'):.2f}x" if r.times["captum"] and r.times["hybrid-ort"] else "-"
+        efficiency, peak = (f"{r.floor_s / h:.0%}", f"{r.memory['hybrid'] / 2**20:.0f}") if h else ("-", "-")
         lines.append(f"| {r.model} ({r.size}) | {r.positions} | {cells} | {over['captum']} | {ort} | {over['naive']} | {over['incremental']} | "
-                     f"{r.flop_bound:.2f}x | {r.floor_s:.2f} | {r.floor_s / h:.0%} | {r.memory['hybrid'] / 2**20:.0f} | {max(r.errors.values()):.1e} |")
+                     f"{r.flop_bound:.2f}x | {r.floor_s:.2f} | {efficiency} | {peak} | {max(r.errors.values()):.1e} |")
     return "\n".join(lines)
 
 
@@ -318,9 +320,10 @@ def plot(rows: list[Row], systems: tuple[str, ...], path: Path, title: str) -> N
     for k, system in enumerate(shown):
         x = [i + (k - (len(shown) - 1) / 2) * width for i in range(len(rows))]
         ax.bar(x, [r.median(base) / r.median(system) for r in rows], width, label=system)
-    for i, r in enumerate(rows):  # the FLOP bound is over naive re-inference
+    bounded = [(i, r) for i, r in enumerate(rows) if r.times["naive"]]  # the FLOP bound is over naive re-inference
+    for k, (i, r) in enumerate(bounded):
         bound = r.flop_bound * r.median(base) / r.median("naive")
-        ax.hlines(bound, i - 0.45, i + 0.45, colors="black", linestyles="dashed", label="FLOP bound" if i == 0 else None)
+        ax.hlines(bound, i - 0.45, i + 0.45, colors="black", linestyles="dashed", label="FLOP bound" if k == 0 else None)
     ax.set_xticks(range(len(rows)), [r.model for r in rows], rotation=20, fontsize=7)
     ax.set_ylabel(f"speedup over {base}")
     save_figure(fig, ax, path, title)
@@ -349,6 +352,9 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     systems = tuple(args.systems)
+    if device.type == "cuda" and "hybrid-ort" in systems and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        print("hybrid-ort left out: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)", file=sys.stderr)
+        systems = tuple(s for s in systems if s != "hybrid-ort")
     stem = f"suite_{device.type}_stride{args.stride}"
     data = args.write.parent / f"{stem}.csv" if args.write else None
     kept = [r for r in read_csv(data) if r.model not in args.models] if args.merge and data and data.exists() else []
@@ -362,7 +368,7 @@ def main() -> None:
         if data:
             write_csv(merged, data)  # after every model: a long run stopped early keeps what it measured
     batches = ", ".join(f"{r.model} {r.captum_batch}" for r in merged if r.captum_batch)
-    rounds = "/".join(str(n) for n in sorted({len(r.times["hybrid"]) for r in merged}))
+    rounds = "/".join(str(n) for n in sorted({max(len(t) for t in r.times.values()) for r in merged}))
     text = (f"Device {device}. Patch {args.patch}, stride {args.stride}, {rounds} interleaved rounds"
             f"{'; captum perturbations_per_eval (best of ' + str(CAPTUM_BATCHES) + '): ' + batches if batches else ''}.\n\n"
             f"{table(merged, systems)}\n")
