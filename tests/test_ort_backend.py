@@ -16,6 +16,7 @@ import hyinf
 from conftest import assert_close_to, random_plan, seeded
 from random_cnn import random_cnns
 from test_onnx import PATCH, STRIDE, _export, opset9_graph, ort_scores, shuffle_graph
+from hyinf import drilldown
 from hyinf.cli import main
 from hyinf.errors import PlanWarning
 from hyinf.explain import _ORT_ENGINES
@@ -102,6 +103,29 @@ def test_sessions_are_reused_until_the_weights_change() -> None:
         model.fc.weight.mul_(-2.0)  # an in-place update, as a training step makes
     changed = hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort")
     assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, changed.scores, "after the weights changed")
+
+
+def test_index_values_are_computed_once_per_run_and_reused() -> None:
+    """The chunk graph's position part runs once per run of the grid; later images reuse its values,
+    and drill-down subsets (other positions per run) compute their own."""
+    seeded()
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    kw = {"patch": 8, "stride": 4, "mode": "incremental", "backend": "ort", "batch_size": 16}
+    images = [torch.rand(3, 48, 48) for _ in range(2)]
+    for image in images:
+        reference = hyinf.explain(model, image, patch=8, stride=4, mode="naive")
+        assert_close_to(reference.scores, hyinf.explain(model, image, **kw).scores, "ort with kept index values")
+    (engine,) = [e for _, e in _ORT_ENGINES.kept.entries.values() if e.blocked.grid.shape == (11, 11)]
+    (session,) = engine.sessions.values()
+    assert session.positions is not None and len(session.kept) > 1  # several runs, each computed once
+    kept = {run: dict(values) for run, values in session.kept.items()}
+    drilled = hyinf.explain(model, images[1], drill_down=0.3, coarse_stride=8, **kw)
+    assert session.kept.keys() == kept.keys() and all(session.kept[r][k] is v for r in kept for k, v in kept[r].items())  # subsets are not kept
+    fine = hyinf.explain(model, images[1], patch=8, stride=4, mode="naive")
+    coarse = hyinf.explain(model, images[1], patch=8, stride=8, mode="naive")
+    chosen = torch.as_tensor(drilldown.selected(coarse.heatmap, fine.grid, coarse.grid, 0.3)).reshape(fine.grid.shape)
+    assert 0 < int(chosen.sum()) < chosen.numel()
+    assert_close_to(fine.scores[chosen], drilled.scores[chosen], "ort drilled positions")
 
 
 def test_a_torch_plan_runs_on_ort_with_a_warning(tmp_path) -> None:

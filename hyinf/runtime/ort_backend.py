@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -32,11 +33,14 @@ from torch import nn
 from hyinf.errors import ModelError, SettingsError
 from hyinf.graph.ir import Node
 from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
+from hyinf.runtime.ort_positions import position_model, without_positions
 from hyinf.runtime.tail import Tail, batches
 
 OPSET = 17
 CHECK_TOLERANCE = 1e-4  # of the output scale: the first chunk of a new session against the torch backend
-_ORT_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.float16: np.float16}
+KEPT_INDEX_BYTES = 256 << 20  # a session keeps its runs' index values (see `_Session.values`) up to this size
+_ORT_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.float16: np.float16,
+              torch.int32: np.int32, torch.bool: np.bool_}
 Key = tuple[Any, ...]  # ("image",), ("base", node) or ("rows", node, pad, value): a clean value the graph reads
 
 
@@ -237,6 +241,25 @@ class _Session:
     sizes: list[int]  # positions of each block per run
     inputs: set[str]  # the graph inputs the exporter kept (unused ones are dropped)
     tail: ort.InferenceSession | None  # the shared tail, run on the cut values of many runs at once
+    positions: ort.InferenceSession | None  # a run's positions -> the index values `session` reads
+    kept: dict[int, dict[str, torch.Tensor]]  # each run's index values over the whole grid, reused for every image
+
+    def values(self, run: int, blocks: list[torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+        """The graph inputs for one run's positions (`blocks`): the positions themselves, or the index
+        values computed from them, computed once per run of the whole grid (`keep`) while they fit."""
+        given = {f"block{b}": idx for b, idx in enumerate(blocks)}
+        if self.positions is None:
+            return given
+        if run in self.kept and keep:
+            return self.kept[run]
+        feed = {i.name: given[i.name].cpu().numpy() for i in self.positions.get_inputs()}
+        device = blocks[0].device
+        values = {o.name: torch.from_numpy(v).to(device) for o, v in zip(self.positions.get_outputs(), self.positions.run(None, feed))}
+        values.update((name, idx) for name, idx in given.items() if name in self.inputs)
+        size = sum(v.numel() * v.element_size() for v in values.values())
+        if keep and (len(self.kept) + 1) * size <= KEPT_INDEX_BYTES:
+            self.kept[run] = values
+        return values
 
 
 class OrtEngine:
@@ -249,6 +272,13 @@ class OrtEngine:
         self.providers = providers(self.device)
         self.sessions: dict[int, _Session] = {}
         self.positions = [torch.as_tensor(e.grid.positions(), device=self.device) for e in blocked.engines]
+        # A run's activations come from ORT's arena, emptied after an image's last run: without one,
+        # each run maps its buffers afresh and pays the page faults; with one never emptied, every
+        # kept session would hold its peak (GBs for vgg16) for good.
+        self.arena = self.device.type == "cpu"
+        self.shrink = ort.RunOptions()
+        if self.arena:
+            self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     @property
     def strategy(self) -> str:
@@ -269,18 +299,31 @@ class OrtEngine:
         if batch_size not in self.sessions:
             _, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
             model, keys = lower(self.blocked, clean, fill, sizes)
+            positions, model = self._split(model, len(sizes))
             session = self._open(model)
             tail = self._open(lower_tail(self.blocked, clean, fill)) if self.blocked.tail is not None else None
-            built = _Session(session, keys, sizes, {i.name for i in session.get_inputs()}, tail)
+            built = _Session(session, keys, sizes, {i.name for i in session.get_inputs()}, tail, positions, {})
             self._check(built, clean, fill)
             self.sessions[batch_size] = built
         return self.sessions[batch_size]
+
+    def _split(self, model: bytes, blocks: int) -> tuple[ort.InferenceSession | None, bytes]:
+        """The session computing a chunk graph's index values from its positions, and the graph that
+        reads them instead (unchanged, with no session, when nothing depends on the positions alone)."""
+        proto, names = onnx.load_from_string(model), [f"block{b}" for b in range(blocks)]
+        part = position_model(proto, names)
+        if part is None:
+            return None, model
+        session = self._open(part[0].SerializeToString())
+        probe = {i.name: np.zeros(i.shape, dtype=np.int64) for i in session.get_inputs()}
+        values = dict(zip(part[1], session.run(part[1], probe)))
+        return session, without_positions(proto, names, values).SerializeToString()
 
     def _open(self, model: bytes) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_cpu_mem_arena = False  # an arena keeps each cached session's peak (GBs for vgg16) for good
+        options.enable_cpu_mem_arena = self.arena
         return ort.InferenceSession(model, options, providers=self.providers)
 
     def _check(self, s: _Session, clean: CleanImage, fill: torch.Tensor) -> None:
@@ -312,16 +355,17 @@ class OrtEngine:
             binding.bind_output(meta.name, self.device.type, self.device.index or 0, np.float32, list(out.shape), out.data_ptr())
             outputs.append(out)
         for run in range(runs):
-            valid = []
+            valid, blocks = [], []
             for b, size in enumerate(s.sizes):
                 slot = torch.arange(run * size, (run + 1) * size, device=self.device)
                 keep = slot < len(chosen[b])
                 idx = chosen[b][slot.clamp(max=max(len(chosen[b]) - 1, 0))] if len(chosen[b]) else torch.zeros_like(slot)
-                padded = torch.where(keep, idx, torch.zeros_like(idx))  # padding: position 0 again, discarded
-                held.append(padded)
-                _bind(binding, f"block{b}", padded, s.inputs)
+                blocks.append(torch.where(keep, idx, torch.zeros_like(idx)))  # padding: position 0 again, discarded
                 valid.append((idx, keep))
-            s.session.run_with_iobinding(binding)
+            for name, value in s.values(run, blocks, keep=only is None).items():
+                held.append(value.contiguous())
+                _bind(binding, name, held[-1], s.inputs)
+            s.session.run_with_iobinding(binding, self.shrink if run == runs - 1 else None)
             yield [(idx[keep], out[keep]) for (idx, keep), out in zip(valid, outputs)]
 
     def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int,
@@ -344,7 +388,7 @@ class OrtEngine:
         binding = s.tail.io_binding()
         _bind(binding, "cut", cut, {"cut"})
         binding.bind_output("out", self.device.type, self.device.index or 0, np.float32, list(out.shape), out.data_ptr())
-        s.tail.run_with_iobinding(binding)
+        s.tail.run_with_iobinding(binding, self.shrink)
         return out
 
 
