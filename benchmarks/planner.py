@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 from engine_speed import machine, write_section
+from suite import build
 from hyinf.explain import compile_engine
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.torch_frontend import trace_torch
@@ -32,13 +32,6 @@ from hyinf.runtime.engine import BlockedEngine, CleanImage
 
 MODELS = ("resnet18", "resnet50", "vgg16", "inception_v3", "densenet121", "mobilenet_v3_large", "efficientnet_b0")
 CPU = torch.device("cpu")
-
-
-def build(name: str) -> tuple[torch.nn.Module, int]:
-    torch.manual_seed(0)
-    if name == "inception_v3":
-        return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False).eval(), 299
-    return getattr(torchvision.models, name)(weights=None).eval(), 224
 
 
 def run(engine: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> torch.Tensor:

@@ -133,6 +133,20 @@ def test_bad_files_give_one_line(tmp_path, photo) -> None:
     assert_one_line_error(invoke("explain", "torchvision:resnet18", str(photo), "--weights", str(weights)), "do not fit")
 
 
+@pytest.mark.parametrize(("name", "size"), [("inception_v3", 139), ("googlenet", 96)])
+def test_random_weight_models_respond_to_occlusion(name: str, size: int) -> None:
+    """torchvision's inits leave these two with scores that occlusion moves only by float noise."""
+    from hyinf.models import load_model
+
+    model = load_model(f"torchvision:{name}").module
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    occluded = image.clone()
+    occluded[..., 32:48, 32:48] = 0
+    with torch.no_grad():
+        scores, changed = model(image), model(occluded)
+    assert float((scores - changed).abs().max()) > 1e-3 * float(scores.abs().max())
+
+
 def test_untraceable_model_is_a_clear_error() -> None:
     import hyinf
     from hyinf.errors import ModelError
