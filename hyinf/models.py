@@ -20,6 +20,7 @@ from hyinf.graph.onnx_frontend import is_onnx, load_onnx
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_OWN_INIT = ("inception_v3", "googlenet")  # torchvision families with their own init and auxiliary heads
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,9 @@ def _torchvision(name: str, weights: Path | None) -> LoadedModel:
     if name not in available:
         raise ModelError(f"torchvision has no classification model '{name}'; try one of: {', '.join(sorted(available)[:12])}, ...")
     torch.manual_seed(0)  # no weights can be downloaded: a fixed seed makes runs repeatable
-    extra = {"aux_logits": False, "init_weights": False} if name in ("inception_v3", "googlenet") else {}
+    extra = {"aux_logits": False, "init_weights": False} if name in _OWN_INIT else {}
     module = torchvision.models.get_model(name, weights=None, **extra)
-    if weights is None and extra:
+    if weights is None and name in _OWN_INIT:
         _keep_signal(module)
     if weights is not None:
         try:
