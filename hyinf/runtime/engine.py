@@ -297,13 +297,12 @@ class ImageRun:
         spatial, middle = self._layout(name)
         size = self.e.graph[name].spatial_size
         top, left = self.e.offsets[name]
-        rows = self.clean.rows(name)
-        if self.images > 1:
-            dst = rows.view(self.images, -1, rows.shape[1]).index_select(0, self.ex).reshape(-1, rows.shape[1])
-        else:
-            dst = rows.repeat(self.n, 1)
-        paste(dst, size, to_rows(self.env[name], spatial), self._window_size(name), top[self.i], left[self.j])
-        return from_rows(dst, self.n, size, middle, spatial)
+        pixels = size[0] * size[1]
+        maps = self._maps(pixels)
+        read = None if maps is None else (maps[:, None] + torch.arange(pixels, device=maps.device)).reshape(-1)
+        win = to_rows(self.env[name], spatial)
+        out = self.place(self.clean.rows(name), read, size, win, self._window_size(name), top[self.i], left[self.j], True)
+        return from_rows(out, self.n, size, middle, spatial)
 
     def window_value(self, read: _Read) -> torch.Tensor:
         """Each position's read window of an input, in the input's own layout."""
@@ -320,13 +319,23 @@ class ImageRun:
             out = gather(src, window_index(top, left, read.rows, read.cols, pcols, each_map(self.n, prows * pcols, top.device)))
         else:
             src = self.clean.rows(read.src, read.pad, read.pad_value)
-            out = gather(src, window_index(top, left, read.rows, read.cols, pcols, self._maps(prows * pcols)))
-        if rep is Repr.WIN:
-            stop, sleft = self.e.offsets[read.src]
-            rel_top, rel_left = stop[self.i] + read.pad[2] - top, sleft[self.j] + read.pad[0] - left
-            win, size = to_rows(self.env[read.src], spatial), self._window_size(read.src)
-            out = (paste if read.fits else overlay)(out, (read.rows, read.cols), win, size, rel_top, rel_left)
+            index = window_index(top, left, read.rows, read.cols, pcols, self._maps(prows * pcols))
+            if rep is Repr.WIN:
+                stop, sleft = self.e.offsets[read.src]
+                rel_top, rel_left = stop[self.i] + read.pad[2] - top, sleft[self.j] + read.pad[0] - left
+                win, size = to_rows(self.env[read.src], spatial), self._window_size(read.src)
+                out = self.place(src, index, (read.rows, read.cols), win, size, rel_top, rel_left, read.fits)
+            else:
+                out = gather(src, index)
         return from_rows(out, self.n, (read.rows, read.cols), middle, spatial)
+
+    def place(self, src: torch.Tensor, read: torch.Tensor | None, dst_size: tuple[int, int], win: torch.Tensor,
+              win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor, fits: bool) -> torch.Tensor:
+        """Maps of `dst_size` made of rows `read` of `src` (None: `src` whole for every position), with
+        window n written over map n at (top[n], left[n]): pasted where every window fits, else overlaid.
+        Here a gather and an in-place paste; the ONNX Runtime lowering makes one gather of both."""
+        out = src.repeat(self.n, 1) if read is None else gather(src, read)
+        return (paste if fits else overlay)(out, dst_size, win, win_size, top, left)
 
     # ---- evaluating nodes --------------------------------------------------------------------
 

@@ -53,23 +53,45 @@ def gather(src_rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return src_rows.index_select(0, index)
 
 
+def paste_index(dst_size: tuple[int, int], win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Rows of a batch of maps that window n's rows land on, at (top[n], left[n]) of map n (each must fit)."""
+    return window_index(top, left, *win_size, dst_size[1], each_map(len(top), dst_size[0] * dst_size[1], top.device))
+
+
 def paste(dst_rows: torch.Tensor, dst_size: tuple[int, int], win_rows: torch.Tensor, win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
     """Write window n into map n of `dst_rows` at (top[n], left[n]); every window must fit. Returns `dst_rows`."""
-    index = window_index(top, left, *win_size, dst_size[1], each_map(len(top), dst_size[0] * dst_size[1], top.device))
-    return dst_rows.index_copy_(0, index, win_rows)
+    return dst_rows.index_copy_(0, paste_index(dst_size, win_size, top, left), win_rows)
 
 
-def overlay(dst_rows: torch.Tensor, dst_size: tuple[int, int], win_rows: torch.Tensor, win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
-    """Like `paste`, but windows may stick out of their maps: only the overlap is written (new tensor)."""
+def overlay_index(dst_size: tuple[int, int], win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of a batch of maps with window n at (top[n], left[n]) of map n, windows allowed to stick
+    out: whether a window covers it, and the window row that does (clamped where none does)."""
     (rows, cols), (h, w) = dst_size, win_size
-    dev = dst_rows.device
+    dev = top.device
     rr = torch.arange(rows, device=dev)[None] - top[:, None]  # row of the window seen at each map row
     cc = torch.arange(cols, device=dev)[None] - left[:, None]
     inside = ((rr >= 0) & (rr < h))[:, :, None] & ((cc >= 0) & (cc < w))[:, None, :]
     n = torch.arange(len(top), device=dev)[:, None, None]
     index = n * (h * w) + rr.clamp(0, h - 1)[:, :, None] * w + cc.clamp(0, w - 1)[:, None, :]
-    picked = win_rows.index_select(0, index.reshape(-1))
-    return torch.where(inside.reshape(-1, 1), picked, dst_rows)
+    return inside.reshape(-1), index.reshape(-1)
+
+
+def overlay(dst_rows: torch.Tensor, dst_size: tuple[int, int], win_rows: torch.Tensor, win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Like `paste`, but windows may stick out of their maps: only the overlap is written (new tensor)."""
+    inside, index = overlay_index(dst_size, win_size, top, left)
+    return torch.where(inside[:, None], win_rows.index_select(0, index), dst_rows)
+
+
+def merged_index(read: torch.Tensor, sources: int, windows: int, dst_size: tuple[int, int], win_size: tuple[int, int],
+                 top: torch.Tensor, left: torch.Tensor, fits: bool) -> torch.Tensor:
+    """Rows of `cat([source, windows])` equal to gathering rows `read` of the source (`sources` rows) and
+    then pasting (`fits`) or overlaying the windows (`windows` rows) at (top, left): one gather instead
+    of a gather and a scatter. The result depends on the positions alone."""
+    if fits:
+        into = paste_index(dst_size, win_size, top, left)
+        return read.index_copy(0, into, torch.arange(sources, sources + windows, device=read.device))
+    inside, index = overlay_index(dst_size, win_size, top, left)
+    return torch.where(inside, index + sources, read)
 
 
 def span_mask(lo: torch.Tensor, hi: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:
