@@ -20,7 +20,8 @@ from hyinf import drilldown
 from hyinf.cli import main
 from hyinf.errors import PlanWarning
 from hyinf.explain import _ORT_ENGINES
-from hyinf.runtime.ort_backend import run_sizes
+from hyinf.runtime import ort_backend
+from hyinf.runtime.ort_backend import RUN_CHUNKS, run_sizes
 
 
 def assert_ort_matches(model: nn.Module, image: torch.Tensor, *, plans: int = 1, **kw) -> None:
@@ -90,6 +91,18 @@ def test_random_cnns(case) -> None:
         assert_close_to(reference.scores, result.scores, f"ort {kw}")
 
 
+@pytest.mark.parametrize("ratio", [0.0, float("inf")], ids=["gather-and-scatter", "merged"])
+def test_both_paste_lowerings(ratio: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pastes lower to a gather and a scatter, or to one gather from the source and windows together."""
+    monkeypatch.setattr(ort_backend, "MERGE_SOURCE_RATIO", ratio)
+    seeded()
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    image = torch.rand(3, 48, 48)
+    reference = hyinf.explain(model, image, patch=8, stride=8, mode="naive")
+    _ORT_ENGINES.kept.entries.clear()  # sessions lowered with the other setting must not be found
+    assert_close_to(reference.scores, hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort").scores, f"ratio {ratio}")
+
+
 def test_sessions_are_reused_until_the_weights_change() -> None:
     seeded()
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
@@ -145,11 +158,12 @@ def test_a_torch_plan_runs_on_ort_with_a_warning(tmp_path) -> None:
 
 
 def test_run_sizes_cover_every_block_within_the_budget() -> None:
-    for blocks, budget in [([729], 64), ([100, 170, 170, 289], 64), ([1, 25, 1, 25, 625, 25, 1, 25, 1], 64), ([3], 64), ([5, 7], 1)]:
-        runs, sizes = run_sizes(blocks, budget)
+    for blocks, chunk in [([729], 64), ([100, 170, 170, 289], 64), ([1, 25, 1, 25, 625, 25, 1, 25, 1], 64), ([3], 64), ([5, 7], 1)]:
+        runs, sizes = run_sizes(blocks, chunk)
         assert all(runs * s >= p for s, p in zip(sizes, blocks))
-        assert sum(sizes) <= max(budget, len(blocks))
+        assert sum(sizes) <= max(chunk * min(len(blocks), RUN_CHUNKS), len(blocks))
     assert run_sizes([729], 64) == (12, [61])
+    assert run_sizes([81] * 9, 64) == (4, [21] * 9)  # 9 blocks: three chunks' worth of positions per run
 
 
 

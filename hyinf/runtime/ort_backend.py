@@ -56,14 +56,25 @@ def providers(device: torch.device) -> list[str]:
     raise SettingsError(f"backend 'ort' runs on cpu or cuda, not {device.type}")
 
 
-def run_sizes(block_sizes: list[int], budget: int) -> tuple[int, list[int]]:
+# A run evaluates a slice of every block, up to this many chunks' worth of positions in all (a chunk
+# per block where there are fewer blocks). ORT frees a block's intermediate values before the next
+# block runs, so a run peaks far below the sum of its positions' estimates. With 9 blocks (resnet18 and
+# vgg16 at 224x224, patch 16, stride 8, hybrid plans, chunks of 64), runs of 192 positions peaked 216
+# and 460 MiB above resting, under one chunk's estimate (423 and 570 MiB), and ran 1.12x and 1.02x as
+# fast as runs of 64 (interleaved rounds); runs of 576, a chunk per block, 1.10x and 0.99x.
+RUN_CHUNKS = 3
+
+
+def run_sizes(block_sizes: list[int], chunk: int) -> tuple[int, list[int]]:
     """How many runs, and how many positions of each block every run evaluates.
 
-    Every run evaluates a slice of every block, at most `budget` positions in all (at least one per
-    block). Blocks the runs do not divide are padded. Of the run counts from the fewest the budget
-    allows to twice as many, the fewest whose padding is within 2% of the least is chosen.
+    Every run evaluates a slice of every block, at most `chunk` positions times the number of blocks
+    (at most RUN_CHUNKS) in all, and at least one per block. Blocks the runs do not divide are padded.
+    Of the run counts from the fewest the budget allows to twice as many, the fewest whose padding is
+    within 2% of the least is chosen.
     """
-    fewest = max(1, math.ceil(sum(block_sizes) / max(budget, 1)))
+    budget = max(chunk, 1) * min(len(block_sizes), RUN_CHUNKS)
+    fewest = max(1, math.ceil(sum(block_sizes) / budget))
     options: list[tuple[int, int, list[int]]] = []  # (positions computed, runs, sizes)
     for runs in range(fewest, max(fewest, *block_sizes) + 1):
         if options and runs > 2 * fewest:
@@ -130,6 +141,12 @@ class _Given:
         return self.values[("rows", name, pad, value)]
 
 
+# A paste merges into one gather where the source has at most this many times the windows' rows. In
+# ORT (2 threads), Concat + Gather against Gather + ScatterND at vgg16's and resnet18's shapes: 0.4-0.8x
+# the time at sources 0.6-4 times the windows, 1.7-5x at 10-30 times (vgg16's 226x226 first maps).
+MERGE_SOURCE_RATIO = 4
+
+
 class _TracedRun(ImageRun):
     """An engine run as it is exported: never in place (values are graph tensors, not buffers)."""
 
@@ -140,7 +157,11 @@ class _TracedRun(ImageRun):
               win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor, fits: bool) -> torch.Tensor:
         """One gather from the source rows and the windows together: ORT's ScatterND, which a paste
         becomes, ran 2-3x slower than a Gather of the same rows (and its Where, for an overlay, slower still),
-        while the merged index depends on the positions alone, so it is computed once per run of the grid."""
+        while the merged index depends on the positions alone, so it is computed once per run of the grid.
+        A paste from a source much larger than its windows stays a gather and a scatter: the Concat
+        would copy the whole source."""
+        if fits and len(src) > MERGE_SOURCE_RATIO * len(win):
+            return super().place(src, read, dst_size, win, win_size, top, left, fits)
         if read is None:
             read = torch.arange(len(src), device=src.device).repeat(self.n)
         return gather(torch.cat([src, win]), merged_index(read, len(src), len(win), dst_size, win_size, top, left, fits))
