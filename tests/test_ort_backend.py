@@ -103,6 +103,19 @@ def test_both_paste_lowerings(ratio: float, monkeypatch: pytest.MonkeyPatch) -> 
     assert_close_to(reference.scores, hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort").scores, f"ratio {ratio}")
 
 
+def test_ceil_mode_pooling_whose_last_window_torch_drops() -> None:
+    """MaxPool2d(1, 2, ceil_mode=True) on 6 columns: torch drops the window that would start in the
+    padding (3 outputs), ONNX's shape inference keeps it (4); exported as is, ORT failed on it."""
+    seeded()
+    model = nn.Sequential(nn.MaxPool2d(1, 2, ceil_mode=True), nn.Conv2d(3, 3, 3, padding="same"), nn.ReLU(),
+                          nn.AvgPool2d(2, 2, ceil_mode=True), nn.Flatten(), nn.Linear(12, 5)).eval()
+    image = torch.randn(3, 6, 6)
+    reference = hyinf.explain(model, image, patch=1, stride=1, mode="naive")
+    for plan in (None, random_plan(model, (1, 3, 6, 6), seed=0)):
+        result = hyinf.explain(model, image, patch=1, stride=1, mode="full" if plan is None else "hybrid", plan=plan, backend="ort")
+        assert_close_to(reference.scores, result.scores, f"ceil_mode pooling, plan {plan is not None}")
+
+
 def test_sessions_are_reused_until_the_weights_change() -> None:
     seeded()
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()

@@ -28,11 +28,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hyinf.errors import ModelError, SettingsError
-from hyinf.graph.ir import Node
+from hyinf.graph.ir import Node, Op
 from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
+from hyinf.runtime.ort_layout import channels_last_additions
 from hyinf.runtime.ort_positions import position_model, without_positions
 from hyinf.runtime.tail import Tail, batches
 from hyinf.runtime.windows import gather, merged_index
@@ -151,7 +153,19 @@ class _TracedRun(ImageRun):
     """An engine run as it is exported: never in place (values are graph tensors, not buffers)."""
 
     def _kernel(self, node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+        if node.op in (Op.MAX_POOL, Op.AVG_POOL):
+            return self._padded_pool(node, args[0])
         return self.e.program.full[node.name](*args)
+
+    def _padded_pool(self, node: Node, maps: torch.Tensor) -> torch.Tensor:
+        """A pooling of whole maps as its windows are pooled: explicit padding, then no padding and no
+        ceil_mode. Where torch's ceil_mode drops a last window that would start in the padding, ONNX's
+        shape inference keeps it, and ORT's memory planner then reuses buffers of the wrong size."""
+        kernel, window = self.e.program.local[node.name], node.window
+        assert window is not None
+        pad = (window.pad_before[1], window.pad_after[1], window.pad_before[0], window.pad_after[0])
+        out = kernel.fn(F.pad(maps, pad, value=kernel.pad_value))
+        return out if kernel.divisor is None else out / kernel.divisor
 
     def place(self, src: torch.Tensor, read: torch.Tensor | None, dst_size: tuple[int, int], win: torch.Tensor,
               win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor, fits: bool) -> torch.Tensor:
@@ -330,7 +344,7 @@ class OrtEngine:
         if batch_size not in self.sessions:
             _, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
             model, keys = lower(self.blocked, clean, fill, sizes)
-            positions, model = self._split(model, len(sizes))
+            positions, model = self._split(channels_last_additions(onnx.load_from_string(model)), len(sizes))
             session = self._open(model)
             tail = self._open(lower_tail(self.blocked, clean, fill)) if self.blocked.tail is not None else None
             built = _Session(session, keys, sizes, {i.name for i in session.get_inputs()}, tail, positions, {})
@@ -338,13 +352,13 @@ class OrtEngine:
             self.sessions[batch_size] = built
         return self.sessions[batch_size]
 
-    def _split(self, model: bytes, blocks: int) -> tuple[ort.InferenceSession | None, bytes]:
+    def _split(self, proto: onnx.ModelProto, blocks: int) -> tuple[ort.InferenceSession | None, bytes]:
         """The session computing a chunk graph's index values from its positions, and the graph that
         reads them instead (unchanged, with no session, when nothing depends on the positions alone)."""
-        proto, names = onnx.load_from_string(model), [f"block{b}" for b in range(blocks)]
+        names = [f"block{b}" for b in range(blocks)]
         part = position_model(proto, names)
         if part is None:
-            return None, model
+            return None, proto.SerializeToString()
         session = self._open(part[0].SerializeToString())
         probe = {i.name: np.zeros(i.shape, dtype=np.int64) for i in session.get_inputs()}
         values = dict(zip(part[1], session.run(part[1], probe)))
