@@ -158,27 +158,20 @@ class _TracedRun(ImageRun):
         return self.e.program.full[node.name](*args)
 
     def _padded_pool(self, node: Node, maps: torch.Tensor) -> torch.Tensor:
-        """A pooling of whole maps as its windows are pooled: explicit padding, then no padding and no
-        ceil_mode. Where torch's ceil_mode drops a last window that would start in the padding, ONNX's
-        shape inference keeps it, and ORT's memory planner then reuses buffers of the wrong size."""
-        kernel, window = self.e.program.local[node.name], node.window
-        assert window is not None
-        pad = (window.pad_before[1], window.pad_after[1], window.pad_before[0], window.pad_after[0])
-        out = kernel.fn(F.pad(maps, pad, value=kernel.pad_value))
+        """A pooling of whole maps as its windows are pooled: without ceil_mode, with extra rows of
+        padding where ceil_mode reads past the border. Where torch's ceil_mode drops a last window that
+        would start in the padding, ONNX's shape inference keeps it, and ORT's memory planner then
+        reuses buffers of the wrong size."""
+        kernel, w = self.e.program.local[node.name], node.window
+        assert w is not None
+        if w.pad_before == w.pad_after:  # the op's own padding (an explicit Pad would copy every map)
+            if node.op is Op.MAX_POOL:
+                out = F.max_pool2d(maps, w.kernel, w.stride, w.pad_before, w.dilation)
+            else:  # means over the whole kernel, padding included, as the window kernel computes them
+                out = F.avg_pool2d(maps, w.kernel, w.stride, w.pad_before, count_include_pad=True)
+        else:
+            out = kernel.fn(F.pad(maps, (w.pad_before[1], w.pad_after[1], w.pad_before[0], w.pad_after[0]), value=kernel.pad_value))
         return out if kernel.divisor is None else out / kernel.divisor
-
-    def place(self, src: torch.Tensor, read: torch.Tensor | None, dst_size: tuple[int, int], win: torch.Tensor,
-              win_size: tuple[int, int], top: torch.Tensor, left: torch.Tensor, fits: bool) -> torch.Tensor:
-        """One gather from the source rows and the windows together: ORT's ScatterND, which a paste
-        becomes, ran 2-3x slower than a Gather of the same rows (and its Where, for an overlay, slower still),
-        while the merged index depends on the positions alone, so it is computed once per run of the grid.
-        A paste from a source much larger than its windows stays a gather and a scatter: the Concat
-        would copy the whole source."""
-        if fits and len(src) > MERGE_SOURCE_RATIO * len(win):
-            return super().place(src, read, dst_size, win, win_size, top, left, fits)
-        if read is None:
-            read = torch.arange(len(src), device=src.device).repeat(self.n)
-        return gather(torch.cat([src, win]), merged_index(read, len(src), len(win), dst_size, win_size, top, left, fits))
 
 
 class _Chunk(nn.Module):
