@@ -23,6 +23,7 @@ from hyinf.runtime import tail as tail_module
 from hyinf.runtime.engine import BlockedEngine, CleanImage, Repr
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.occlusion import patch_fill
+from hyinf.runtime.ort_backend import OrtEngine
 from hyinf.runtime.tail import cell_major, graph_tail
 
 
@@ -169,6 +170,28 @@ def test_first_linear_layer_from_the_changed_windows_equals_naive() -> None:
             assert_close_to(torch.stack([expected[key] for key in sorted(expected)]), torch.stack([got[key] for key in sorted(expected)]), f"batch {batch_size}")
 
 
+def test_windowed_first_layer_on_ort_equals_naive() -> None:
+    """The ORT backend's runs give the changed cells and the windowed layer runs on them, then the
+    tail session: the same outputs as naive, in blocks whose source maps are windows or whole maps."""
+    model = vgg_like()
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(13))
+    program = trace_torch(model, (1, 3, 32, 32))
+    grid = OcclusionGrid.make((32, 32), 6, 2)
+    blocks = position_blocks(program.graph, grid)
+    smallest = min(range(len(blocks)), key=lambda k: len(blocks[k]))
+    mixed = [(block, Plan.uniform("full" if k == smallest else "incremental")) for k, block in enumerate(blocks)]
+    engine = OrtEngine(BlockedEngine(program, grid, mixed))
+    assert engine.blocked.windowed is not None
+    fill = patch_fill(0.0, 3, image.device, image.dtype)
+    only = torch.rand(len(grid), generator=torch.Generator().manual_seed(3)) < 0.5
+    for batch_size, chosen in ((4, only), (64, None)):
+        with torch.no_grad():
+            expected = outputs_by_position(naive_chunks(model, image, grid, fill, 9, chosen))
+        got = {int(p): out for _, ps, outs in engine.chunks(CleanImage(program, image), fill, batch_size, chosen) for p, out in zip(ps, outs)}
+        assert got.keys() == expected.keys()
+        assert_close_to(torch.stack([expected[p] for p in sorted(expected)]), torch.stack([got[p] for p in sorted(expected)]), f"batch {batch_size}")
+
+
 def test_dense_first_layer_where_windows_would_not_save_work() -> None:
     program = trace_torch(vgg_like(), (1, 3, 32, 32))
     assert compile_engine(program, OcclusionGrid.make((32, 32), 6, 2), "full").windowed is None  # whole maps everywhere
@@ -199,4 +222,6 @@ def test_imported_onnx_classifiers_get_the_windowed_layer_too() -> None:
     program = trace_torch(imported.module, imported.input_shape)
     assert compile_engine(program, OcclusionGrid.make((32, 32), 6, 2), "incremental").windowed is not None
     reference = hyinf.explain(model, image, patch=6, stride=2, mode="naive")
-    assert_close_to(reference.scores, hyinf.explain(proto, image, patch=6, stride=2, mode="incremental").scores, "onnx, windowed layer")
+    for backend in ("torch", "ort"):
+        result = hyinf.explain(proto, image, patch=6, stride=2, mode="incremental", backend=backend)
+        assert_close_to(reference.scores, result.scores, f"onnx, windowed layer, {backend}")

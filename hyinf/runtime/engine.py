@@ -15,6 +15,7 @@ in the other representation (paste into the base map, or cut windows out of whol
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -146,6 +147,20 @@ class Engine:
         assert r.rows is not None and r.cols is not None
         return self._read(name, r.rows.offset, r.cols.offset, r.rows.size, r.cols.size, (0, 0, 0, 0), 0.0)
 
+    def changed_cells(self, source: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cells (row * cols + col) of `source`'s map that may change at positions `idx` of the
+        grid, position after position, and how many each position has: its window's, or all."""
+        (rows, cols), n = self.graph[source].spatial_size, len(idx)
+        if self.repr[source] is Repr.WIN:
+            region = self.regions[source]
+            assert region.rows is not None and region.cols is not None
+            h, w = region.rows.size, region.cols.size
+            top, left = self.offsets[source]
+            top, left = top[idx // self.grid.shape[1]], left[idx % self.grid.shape[1]]
+            cells = (top[:, None, None] + torch.arange(h, device=idx.device)[:, None]) * cols + left[:, None, None] + torch.arange(w, device=idx.device)
+            return cells.reshape(-1), torch.full((n,), h * w, device=idx.device)
+        return torch.arange(rows * cols, device=idx.device).repeat(n), torch.full((n,), rows * cols, device=idx.device)
+
     def prepare(self, clean: CleanImage, fill: torch.Tensor) -> ImageRun:
         return ImageRun(self, clean, fill)
 
@@ -232,18 +247,18 @@ class ImageRun:
     def changed_cells(self, ex: torch.Tensor, idx: torch.Tensor, tail: Tail, source: str) -> Cells:
         """What changed in the map of `source` (a node before the tail's cut) for (image, position)
         pairs, cell by cell: the input of a windowed tail."""
+        return Cells(self.changed_delta(ex, idx, tail, source), *self.e.changed_cells(source, idx))
+
+    def changed_delta(self, ex: torch.Tensor, idx: torch.Tensor, tail: Tail, source: str) -> torch.Tensor:
+        """The change of `source`'s map at the cells `Engine.changed_cells` lists, in rows (cells, channels)."""
         self._interpret(ex, idx, self.e.graph.nodes[: -len(tail.nodes) - 1], {}, source)
-        (rows, cols), n, dev = self.e.graph[source].spatial_size, self.n, self.e.device
         if self.e.repr[source] is Repr.WIN:
-            delta, top, left, (h, w) = self._window_delta(source)
-            cells = (top[:, None, None] + torch.arange(h, device=dev)[:, None]) * cols + left[:, None, None] + torch.arange(w, device=dev)
-            return Cells(delta, cells.reshape(-1), torch.full((n,), h * w, device=dev))
+            return self._window_delta(source)[0]
         spatial, _ = self._layout(source)  # full maps (never the clean value: the source reads the image)
-        pixels = rows * cols
-        new = to_rows(self.env[source], spatial).view(n, pixels, -1)
+        pixels = math.prod(self.e.graph[source].spatial_size)
+        new = to_rows(self.env[source], spatial).view(self.n, pixels, -1)
         old = self._each(self.clean.rows(source).view(self.images, pixels, -1))
-        cells = torch.arange(pixels, device=dev).repeat(n)
-        return Cells((new - old).reshape(n * pixels, -1), cells, torch.full((n,), pixels, device=dev))
+        return (new - old).reshape(self.n * pixels, -1)
 
     def clean_value(self, name: str, ex: torch.Tensor) -> torch.Tensor:
         """A node's clean value for each of the images `ex`."""
@@ -469,12 +484,19 @@ class BlockedEngine:
             for ex, positions, cut in batches(heads, limit):
                 yield ex, positions, runs[0].tail(ex, torch.zeros_like(positions), tail, cut)  # tail nodes are full: positions unused
             return
-        first, source = self.windowed.node.name, self.windowed.source
-        after = Tail(first, tail.nodes[1:], tail.bytes_per_position)
+        first, source, after = self.windowed.node.name, self.windowed.source, self.dense_tail()
         parts = ((ex, run.positions[idx], *run.changed_cells(ex, idx, tail, source)) for run in runs for ex, idx in run.pairs(batch_size, only))
         for ex, positions, delta, cell, counts in batches(parts, limit):
             value = self.windowed(runs[0].clean_value(first, ex), Cells(delta, cell, counts))
             yield ex, positions, runs[0].tail(ex, torch.zeros_like(positions), after, value)
+
+    def dense_tail(self) -> Tail:
+        """The tail's dense part, run on the values the heads give: the whole tail, or the part after its
+        windowed first layer."""
+        assert self.tail is not None
+        if self.windowed is None:
+            return self.tail
+        return Tail(self.windowed.node.name, self.tail.nodes[1:], self.tail.bytes_per_position)
 
     def tail_batch(self, batch_size: int) -> int:
         """How many positions run the tail together, given the chunk size before it."""

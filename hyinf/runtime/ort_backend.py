@@ -36,7 +36,7 @@ from hyinf.graph.ir import Node, Op
 from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
 from hyinf.runtime.ort_layout import channels_last_additions
 from hyinf.runtime.ort_positions import position_model, without_positions
-from hyinf.runtime.tail import Tail, batches
+from hyinf.runtime.tail import Cells, Tail, batches
 from hyinf.runtime.windows import gather, merged_index
 
 OPSET = 17
@@ -187,7 +187,7 @@ class _Chunk(nn.Module):
         clean = _Given(dict(zip(self.keys, args[count:])))
         outs = []
         for engine, idx in zip(self.blocked.engines, args[:count]):
-            outs.append(_evaluate(_TracedRun(engine, clean, fill), idx, self.blocked.tail))  # type: ignore[arg-type]
+            outs.append(_evaluate(_TracedRun(engine, clean, fill), idx, self.blocked))  # type: ignore[arg-type]
         return tuple(outs)
 
 
@@ -203,10 +203,16 @@ class _TailModule(nn.Module):
         return self.run.tail(zeros, zeros, self.tail, cut)
 
 
-def _evaluate(run: ImageRun, idx: torch.Tensor, tail: Tail | None) -> torch.Tensor:
-    """What one run computes for a block: the model's outputs, or the cut values when a tail follows."""
+def _evaluate(run: ImageRun, idx: torch.Tensor, blocked: BlockedEngine) -> torch.Tensor:
+    """What one run computes for a block: the model's outputs, the cut values when a tail follows, or
+    the changed cells' values when the tail starts with a windowed layer (which runs in torch: its
+    per-cell products have counts that differ from run to run, which one ONNX graph cannot express)."""
     zeros = torch.zeros_like(idx)
-    return run.chunk(zeros, idx) if tail is None else run.head(zeros, idx, tail)
+    if blocked.tail is None:
+        return run.chunk(zeros, idx)
+    if blocked.windowed is not None:
+        return run.changed_delta(zeros, idx, blocked.tail, blocked.windowed.source)
+    return run.head(zeros, idx, blocked.tail)
 
 
 @contextlib.contextmanager
@@ -234,7 +240,7 @@ def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: 
     recorder = _Recorder(clean)
     probes = [torch.zeros(size, dtype=torch.long, device=blocked.program.device) for size in sizes]
     for engine, idx in zip(blocked.engines, probes):
-        _evaluate(_TracedRun(engine, recorder, fill), idx, blocked.tail)  # type: ignore[arg-type]
+        _evaluate(_TracedRun(engine, recorder, fill), idx, blocked)  # type: ignore[arg-type]
     values = [clean_value(clean, key).clone() for key in recorder.keys]  # distinct tensors: the tracer merges repeated ones into one input
     names = ["fill", *(f"block{b}" for b in range(len(sizes))), *(f"clean{k}" for k in range(len(values)))]
     module, args, outputs = _Chunk(blocked, recorder.keys), (fill, *probes, *values), [f"out{b}" for b in range(len(sizes))]
@@ -242,11 +248,12 @@ def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: 
 
 
 def lower_tail(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> bytes:
-    """The ONNX graph of the blocked engine's tail, for any number of positions."""
-    assert blocked.tail is not None
-    cut = blocked.program.graph[blocked.tail.cut]
+    """The ONNX graph of the blocked engine's tail (after its windowed first layer, where it has
+    one), for any number of positions."""
+    tail = blocked.dense_tail()
+    cut = blocked.program.graph[tail.cut]
     probe = torch.zeros(2, *cut.shape[1:], device=blocked.program.device)  # 2, not 1: a batch axis the exporter cannot mistake for a constant
-    module = _TailModule(_TracedRun(blocked.engines[0], clean, fill), blocked.tail)
+    module = _TailModule(_TracedRun(blocked.engines[0], clean, fill), tail)
     return _export(module, (probe,), ["cut"], ["out"], {"cut": {0: "positions"}, "out": {0: "positions"}})
 
 
@@ -365,9 +372,9 @@ class OrtEngine:
         return ort.InferenceSession(model, options, providers=self.providers)
 
     def _check(self, s: _Session, clean: CleanImage, fill: torch.Tensor) -> None:
-        for engine, (idx, out) in zip(self.blocked.engines, next(self._runs(s, clean, fill))):
+        for b, (engine, (idx, out)) in enumerate(zip(self.blocked.engines, next(self._runs(s, clean, fill)))):
             if len(idx):
-                out = out if s.tail is None else self._tail(s, out)
+                out = self._finish(s, clean, out, *self._cells(b, idx))
                 expected = ImageRun(engine, clean, fill).chunk(torch.zeros_like(idx), idx)
                 error = float((out - expected).abs().max())
                 if error > CHECK_TOLERANCE * max(float(expected.abs().max()), 1e-6):
@@ -404,7 +411,8 @@ class OrtEngine:
                 held.append(value.contiguous())
                 _bind(binding, name, held[-1], s.inputs)
             s.session.run_with_iobinding(binding, self.shrink if run == runs - 1 else None)
-            yield [(idx[keep], out[keep]) for (idx, keep), out in zip(valid, outputs)]
+            # an output holds the same number of rows for each position (changed cells: several)
+            yield [(idx[keep], out.view(len(keep), -1)[keep].view(-1, *out.shape[1:])) for (idx, keep), out in zip(valid, outputs)]
 
     def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int,
                only: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -413,13 +421,30 @@ class OrtEngine:
             raise SettingsError("the ort backend explains one image at a time")
         s = self.session(clean, fill, batch_size)
         limit = self.blocked.tail_batch(batch_size) if s.tail is not None else 0
-        # (positions in the grid, outputs or cut values) of every block of every run
-        parts = ((self.positions[b][idx], out) for blocks in self._runs(s, clean, fill, only) for b, (idx, out) in enumerate(blocks))
-        for positions, values in batches(parts, limit):
-            yield torch.zeros_like(positions), positions, values if s.tail is None else self._tail(s, values)
+        # (positions in the grid, what the run gave for them, their changed cells) of every block of every run
+        parts = ((self.positions[b][idx], out, *self._cells(b, idx)) for blocks in self._runs(s, clean, fill, only) for b, (idx, out) in enumerate(blocks))
+        for positions, *values in batches(parts, limit):
+            yield torch.zeros_like(positions), positions, self._finish(s, clean, *values)
+
+    def _cells(self, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The changed cells (and their counts) that block b's run outputs hold for positions `idx`
+        of the block, where the tail starts with a windowed layer; nothing otherwise."""
+        windowed = self.blocked.windowed
+        return () if windowed is None else self.blocked.engines[b].changed_cells(windowed.source, idx)
+
+    def _finish(self, s: _Session, clean: CleanImage, out: torch.Tensor, *cells: torch.Tensor) -> torch.Tensor:
+        """The model's outputs from what runs gave: the outputs themselves, cut values for the tail
+        session, or changed cells for the windowed layer and then the tail session."""
+        if s.tail is None:
+            return out
+        windowed = self.blocked.windowed
+        if windowed is not None:
+            cell, counts = cells
+            out = windowed(clean.base[windowed.node.name].expand(len(counts), -1), Cells(out, cell, counts))
+        return self._tail(s, out)
 
     def _tail(self, s: _Session, cut: torch.Tensor) -> torch.Tensor:
-        """The model's outputs from cut values, by the tail session."""
+        """The model's outputs from the tail session's input values."""
         assert s.tail is not None
         cut = cut.contiguous()
         out = torch.empty(len(cut), *self.program.graph[self.program.graph.output].shape[1:], dtype=torch.float32, device=self.device)
