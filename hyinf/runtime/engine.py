@@ -157,8 +157,7 @@ class Engine:
             h, w = region.rows.size, region.cols.size
             top, left = self.offsets[source]
             top, left = top[idx // self.grid.shape[1]], left[idx % self.grid.shape[1]]
-            cells = (top[:, None, None] + torch.arange(h, device=idx.device)[:, None]) * cols + left[:, None, None] + torch.arange(w, device=idx.device)
-            return cells.reshape(-1), torch.full((n,), h * w, device=idx.device)
+            return window_index(top, left, h, w, cols), torch.full((n,), h * w, device=idx.device)
         return torch.arange(rows * cols, device=idx.device).repeat(n), torch.full((n,), rows * cols, device=idx.device)
 
     def prepare(self, clean: CleanImage, fill: torch.Tensor) -> ImageRun:
