@@ -17,6 +17,7 @@ from torch import nn
 from hyinf import demo
 from hyinf.errors import InputError, ModelError
 from hyinf.graph.onnx_frontend import is_onnx, load_onnx
+from hyinf.graph.pt2_archive import load_exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,10 +94,7 @@ def _file(path: Path) -> nn.Module:
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist; give torchvision:NAME, 'demo', a .pt2 or a TorchScript file")
     if path.suffix == ".pt2":
-        try:
-            return torch.export.load(path).module()
-        except Exception as e:
-            raise ModelError(f"cannot load {path} as a torch.export program: {str(e).splitlines()[0]}") from e
+        return load_exported(path)
     try:
         return torch.jit.load(path, map_location="cpu")
     except Exception as e:
