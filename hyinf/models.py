@@ -1,4 +1,4 @@
-"""Loading models and images named on the command line. Nothing loaded here executes Python code:
+"""Loading models named on the command line. Nothing loaded here executes Python code:
 weights are safetensors or tensors read with weights_only=True, and whole models come only as
 torch.export programs or TorchScript archives, never as pickled modules."""
 
@@ -7,15 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
-from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file
 from torch import nn
 
 from hyinf import demo
-from hyinf.errors import InputError, ModelError
+from hyinf.errors import ModelError
 from hyinf.graph.onnx_frontend import is_onnx, load_onnx
 from hyinf.graph.pt2_archive import load_exported
 
@@ -121,15 +119,3 @@ def load_model(spec: str, weights: Path | None = None, image_size: tuple[int, in
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.0,) * channels, (1.0,) * channels)
         return LoadedModel(onnx_model.module, (height, width), mean, std, description=f"{Path(spec).name} (ONNX opset {onnx_model.opset})")
     return LoadedModel(_file(Path(spec)), (224, 224), IMAGENET_MEAN, IMAGENET_STD, description=Path(spec).name)
-
-
-def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """An image file as (3, H, W) pixels in [0, 1], resized to `size` (height, width)."""
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    except FileNotFoundError as e:
-        raise InputError(f"image {path} does not exist") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path} is not an image Pillow can read (PNG, JPEG, ...)") from e
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()

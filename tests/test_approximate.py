@@ -25,7 +25,7 @@ from hyinf.errors import SettingsError
 from hyinf.graph.flops import plan_flops
 from hyinf.graph.geometry import Change, OcclusionGrid, changed_regions, position_blocks
 from hyinf.graph.torch_frontend import trace_torch
-from hyinf.models import load_image
+from hyinf.images import load_image
 from hyinf.planner.plan import Plan
 from hyinf.quality import compare
 from hyinf.runtime.engine import Engine, Repr

@@ -61,7 +61,8 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
 
     Example: hyinf explain torchvision:resnet18 cat.jpg --patch 16 --stride 8 --out cat-heatmap
     """
-    from hyinf.models import load_image, load_model
+    from hyinf.images import load_image
+    from hyinf.models import load_model
     from hyinf.viz import save_overlay
 
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
