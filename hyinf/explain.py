@@ -35,6 +35,7 @@ from hyinf.runtime.cache import ModelCache
 from hyinf.runtime.ort_backend import OrtEngine
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
+from hyinf.runtime.verify import check_batches, check_output, check_torch, float32, run_program
 from hyinf.runtime.windows import span_mask
 
 MODES = ("hybrid", "incremental", "full", "naive")
@@ -222,9 +223,13 @@ class _Settings:
 def _naive_pass(model: nn.Module, traced: Callable[[], TorchProgram], batch: torch.Tensor, grid: OcclusionGrid, fill: torch.Tensor,
                 s: _Settings) -> _Pass:
     try:
-        base_out = model(batch)
+        base_out = model(batch.clone())  # a model may write into its input: never into the caller's image
     except Exception as e:
         raise ModelError(f"the model fails on a {tuple(batch.shape)} image: {str(e).splitlines()[0]}") from e
+    if not isinstance(base_out, torch.Tensor) or not base_out.is_floating_point():
+        kind = type(base_out).__name__ if not isinstance(base_out, torch.Tensor) else f"a {base_out.dtype} tensor"
+        raise ModelError(f"the model returns {kind}; hyinf explains models whose output is one float tensor of scores")
+    check_batches(model, batch.clone(), base_out)
     try:  # the engine's estimate sizes the batches when the model can be traced
         per_position = bytes_per_position(compile_engine(traced(), grid, "full", None))
     except HyinfError:  # untraceable: assume activations of 64 images' size per position
@@ -248,6 +253,19 @@ def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch:
         runner.session(clean, fill, size)  # built (or found) now, so compile_s holds it
     mode = s.mode if s.mode == "naive" else f"{s.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''})"
     return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes)
+
+
+def _verify(program: TorchProgram, model: nn.Module, imported: OnnxModel | None, batch: torch.Tensor) -> None:
+    """hyinf's program of the model against the model's own runtime on the clean image: the eager module,
+    or ONNX Runtime on the original file (verify.TOLERANCE of the output scale)."""
+    if imported is None:
+        check_torch(model, program, batch)
+        return
+    with float32():
+        got = run_program(program, batch.to(program.device))
+        check_output(imported.reference_output(batch), got, "ONNX Runtime on the original model",
+                lambda: imported.reference_output(batch))
+        check_batches(lambda pair: run_program(program, pair), batch.to(program.device), got)
 
 
 def explain(
@@ -301,9 +319,12 @@ def explain(
     batch = _as_batch(image).to(dev)
     source = model
     identity: nn.Module | str | None = model if isinstance(model, nn.Module) else None
+    imported: OnnxModel | None = None
     if is_onnx(model):
-        loaded = _import_onnx(model, tuple(batch.shape[-2:]))  # type: ignore[arg-type]
-        model, identity = loaded.module, loaded.digest
+        imported = _import_onnx(model, tuple(batch.shape[-2:]))  # type: ignore[arg-type]
+        model, identity = imported.module, imported.digest
+    if not isinstance(model, nn.Module):
+        raise SettingsError(f"model must be a torch.nn.Module, an onnx.ModelProto or an .onnx path, got {type(model).__name__}")
     grid = OcclusionGrid.make(tuple(batch.shape[-2:]), patch, stride, approx_threshold)  # type: ignore[arg-type]
     if grid.threshold < 1 and mode in ("naive", "full"):
         raise SettingsError(f"the projective-field threshold cuts incrementally evaluated windows; mode {mode!r} has none: "
@@ -330,6 +351,8 @@ def explain(
         else:
             program = traced()
             timings["trace_s"] = time.perf_counter() - clock
+            _verify(program, model, imported, batch)  # on this image, before any of its numbers are trusted
+            timings["verify_s"] = time.perf_counter() - clock - timings["trace_s"]
 
             def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
                 return _engine_pass(program, identity, batch, g, fill, s)
@@ -338,7 +361,7 @@ def explain(
         # pass); another has its own plan: only a plan of modes per node (not a document for the fine grid) carries over.
         nested = drilling and drilldown.nested(grid, coarse_grid)
         coarse = prepare(coarse_grid, replace(settings, plan=plan if isinstance(plan, Plan) else None)) if drilling and not nested else None
-        timings["compile_s"] = time.perf_counter() - clock - timings.get("trace_s", 0.0)
+        timings["compile_s"] = time.perf_counter() - clock - timings.get("trace_s", 0.0) - timings.get("verify_s", 0.0)
 
         classes = math.prod(fine.base_out.shape[1:])
         if target is None:

@@ -116,6 +116,9 @@ def load_model(spec: str, weights: Path | None = None, image_size: tuple[int, in
     if is_onnx(spec):
         onnx_model = load_onnx(spec, image_size)
         _, channels, height, width = onnx_model.input_shape
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.0,) * channels, (1.0,) * channels)
+        if onnx_model.input_type == "uint8":  # pixels 0..255, as the model declares
+            mean, std = (0.0,) * channels, (1 / 255,) * channels
+        else:
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.0,) * channels, (1.0,) * channels)
         return LoadedModel(onnx_model.module, (height, width), mean, std, description=f"{Path(spec).name} (ONNX opset {onnx_model.opset})")
     return LoadedModel(_file(Path(spec)), (224, 224), IMAGENET_MEAN, IMAGENET_STD, description=Path(spec).name)

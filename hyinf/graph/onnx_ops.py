@@ -4,7 +4,9 @@ Each function receives the operator's inputs (torch tensors: the image-dependent
 while tracing, the others constants) and its attributes, and returns its outputs. They call the
 torch functions the torch frontend already classifies by name (conv2d, max_pool2d, batch_norm,
 relu, add, cat, reshape, linear, ...), so an ONNX model lands in the same IR as a torch model.
-Operators not listed here run through ONNX's reference implementation as one opaque node.
+Operators not listed here run through ONNX's reference implementation as one opaque node, and so
+do listed ones whose settings a function declines (it raises NotImplementedError). Operators whose
+meaning changed across opsets are registered per version (`since`), as ONNX's own schemas are.
 """
 
 from __future__ import annotations
@@ -13,22 +15,29 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import onnx
 import torch
 import torch.nn.functional as F
 
 Shape = tuple[int, ...]
 OpFn = Callable[[list[Any], dict[str, Any], list[Shape]], list[Any]]
 
-OPS: dict[str, OpFn] = {}
+OPS: dict[str, dict[int, OpFn]] = {}  # operator -> {first opset of this meaning: function}
 
 
-def op(*names: str) -> Callable[[OpFn], OpFn]:
+def op(*names: str, since: int = 1) -> Callable[[OpFn], OpFn]:
     def register(fn: OpFn) -> OpFn:
         for name in names:
-            OPS[name] = fn
+            OPS.setdefault(name, {})[since] = fn
         return fn
 
     return register
+
+
+def lookup(name: str, opset: int) -> OpFn | None:
+    """The torch form of operator `name` as opset `opset` defines it, or None."""
+    versions = [v for v in OPS.get(name, {}) if v <= opset]
+    return OPS[name][max(versions)] if versions else None
 
 
 def _spatial_pads(attrs: dict[str, Any], in_shape: Shape, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]) -> tuple[int, int, int, int]:
@@ -120,6 +129,8 @@ def reduce_mean(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> lis
 
 @op("BatchNormalization")
 def batch_norm(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
+    if attrs.get("training_mode", 0):
+        raise NotImplementedError("BatchNormalization with the batch's own statistics")
     return [F.batch_norm(x[0], x[3], x[4], x[1], x[2], False, 0.0, attrs.get("epsilon", 1e-5))]
 
 
@@ -172,7 +183,8 @@ def _binary(fn: Callable[[Any, Any], Any]) -> OpFn:
     return lambda x, attrs, shapes: [fn(x[0], x[1])]
 
 
-OPS.update(Add=_binary(torch.add), Sub=_binary(torch.sub), Mul=_binary(torch.mul), Div=_binary(torch.div))
+for _name, _fn in (("Add", torch.add), ("Sub", torch.sub), ("Mul", torch.mul), ("Div", torch.div)):
+    op(_name)(_binary(_fn))
 
 
 @op("Sum")
@@ -234,14 +246,44 @@ def matmul(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any
     return [F.linear(x[0], x[1].T)]
 
 
-@op("Softmax")
+@op("Softmax", since=13)
 def softmax(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
     return [F.softmax(x[0], attrs.get("axis", -1))]
 
 
+@op("LogSoftmax", since=13)
+def log_softmax(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
+    return [F.log_softmax(x[0], attrs.get("axis", -1))]
+
+
+def _flattened(fn: Callable[[Any, int], Any]) -> OpFn:
+    """Softmax and LogSoftmax before opset 13: over everything from `axis` (default 1) on, as one axis."""
+    def run(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
+        axis = attrs.get("axis", 1) % max(len(shapes[0]), 1)
+        if axis == 0:
+            raise NotImplementedError("a softmax over the batch axis")
+        if axis == len(shapes[0]) - 1:
+            return [fn(x[0], -1)]
+        return [torch.reshape(fn(torch.flatten(x[0], axis), -1), (-1, *shapes[0][1:]))]
+    return run
+
+
+op("Softmax")(_flattened(F.softmax))
+op("LogSoftmax")(_flattened(F.log_softmax))
+
+
 @op("Dropout", "Identity")
 def identity(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
+    if len(x) > 2 and x[2] is not None:  # Dropout's training_mode input
+        raise NotImplementedError("Dropout with a training_mode input")
     return [x[0]]
+
+
+@op("Cast")
+def cast(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
+    if attrs.get("to") != onnx.TensorProto.FLOAT:
+        raise NotImplementedError("Cast to another type than float")
+    return [x[0].to(torch.float32)]
 
 
 @op("Pad")

@@ -9,10 +9,9 @@ of the nodes that read them, so they follow the batch size at run time.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,9 +19,11 @@ from torch import fx, nn
 from torch.fx.node import Argument, map_arg
 
 from hyinf.errors import ModelError
+from hyinf.graph.functional import functionalize
 from hyinf.graph.ir import Graph, Node, Op
 from hyinf.graph.torch_ops import Spec, canonical_fn, classify_call, classify_module, op_name, out_of_place
 from hyinf.runtime.program import LocalKernel, TorchProgram
+from hyinf.runtime.verify import check_torch
 
 INPUT_NAME = "image"
 
@@ -64,54 +65,18 @@ def trace_torch(model: nn.Module, input_shape: tuple[int, ...], device: str | to
         return _opaque_program(model, input_shape, device)
     original = model
     model = copy.deepcopy(model).eval().to(device).requires_grad_(False)  # kernels hold plain tensors (exportable as constants)
-    for m in model.modules():  # in-place activations would overwrite stored activations
+    gm = model if isinstance(model, fx.GraphModule) else _symbolic_trace(model)
+    functionalize(gm)  # later readers of an in-place write read its result
+    for m in gm.modules():  # the kernels run out of place: in-place activations would overwrite stored ones
         if isinstance(getattr(m, "inplace", None), bool):
             m.inplace = False
-    gm = model if isinstance(model, fx.GraphModule) else _symbolic_trace(model)
     example = torch.rand(input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     recorder = _Recorder(gm)
     with torch.no_grad():
         recorder.run(example)
         program = _Builder(gm, recorder.values, device).build()
-        _check_functional(original, program, example)
+        check_torch(original, program, example)
     return program
-
-
-@contextlib.contextmanager
-def _float32() -> Iterator[None]:
-    """Full float32 on a GPU: TF32 convolutions (cuDNN's default) round to 10 bits, so a model on the
-    CPU and its program on a GPU would differ by far more than the check below allows."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def _check_functional(original: nn.Module, program: TorchProgram, example: torch.Tensor) -> None:
-    """The graph runs every op out of place; a model that reads a value after overwriting it in place
-    computes something else, which hyinf must refuse rather than answer differently."""
-    where = next(iter(original.parameters()), example).device
-    training = original.training
-    with contextlib.suppress(NotImplementedError):  # torch.export modules are already in eval form
-        original.eval()
-    try:
-        with _float32():
-            expected = original(example.clone().to(where))
-    finally:
-        with contextlib.suppress(NotImplementedError):
-            original.train(training)
-    values: dict[str, torch.Tensor] = {}
-    with _float32():
-        for node in program.graph.nodes:
-            values[node.name] = program.full[node.name](*([values[i] for i in node.inputs] or [example]))
-    got = values[program.graph.output]
-    if isinstance(expected, torch.Tensor) and expected.shape == got.shape and not torch.allclose(expected.to(got.device), got, rtol=1e-4, atol=1e-5):
-        raise ModelError(
-            "the model overwrites a value in place and reads it again afterwards, so its graph cannot be "
-            "evaluated piecewise; set inplace=False on that layer or use mode='naive'"
-        )
 
 
 def _opaque_program(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> TorchProgram:

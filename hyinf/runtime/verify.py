@@ -1,0 +1,100 @@
+"""Is hyinf's program the model? Its output on an image against the model's own runtime (the eager
+module, or ONNX Runtime on the original file), with the cause named when they differ."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from hyinf.errors import ModelError
+from hyinf.runtime.program import TorchProgram
+
+#: The program's output must agree with the model's own runtime to this fraction of the output's
+#: scale (its largest magnitude), as every exact result must agree with naive re-inference.
+TOLERANCE = 1e-4
+
+
+@contextlib.contextmanager
+def float32() -> Iterator[None]:
+    """Full float32 on a GPU: TF32 convolutions (cuDNN's default) round to 10 bits, so a model on the
+    CPU and its program on a GPU would differ by far more than the check allows."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def run_program(program: TorchProgram, image: torch.Tensor) -> torch.Tensor:
+    """The program's output on `image`, every node by its full kernel."""
+    values: dict[str, torch.Tensor] = {}
+    for node in program.graph.nodes:
+        values[node.name] = program.full[node.name](*([values[i] for i in node.inputs] or [image]))
+    return values[program.graph.output]
+
+
+def check_output(reference: object, got: torch.Tensor, runtime: str, rerun: Callable[[], object]) -> None:
+    """Refuse, naming the cause, unless `got` equals `reference` (the model's own output) within TOLERANCE.
+
+    `rerun` computes the reference again: a model whose two runs on one image differ is not deterministic.
+    """
+    if not isinstance(reference, torch.Tensor) or not reference.is_floating_point():
+        kind = type(reference).__name__ if not isinstance(reference, torch.Tensor) else f"a {reference.dtype} tensor"
+        raise ModelError(f"the model returns {kind}; hyinf explains models whose output is one float tensor of scores")
+    reference = reference.detach().to(got.device, torch.float32)
+    if tuple(reference.shape) != tuple(got.shape):
+        raise ModelError(f"hyinf's program of the model gives an output of shape {tuple(got.shape)}, {runtime} one of "
+                         f"{tuple(reference.shape)}; it cannot be explained exactly: use mode='naive'")
+    if not torch.isfinite(reference).all():
+        raise ModelError(f"the model's output on this image holds NaN or infinite values under {runtime} "
+                         "(NaN or infinite weights, or an overflow): fix the model or its weights")
+    scale = float(reference.abs().max().clamp(min=1e-6))
+    error = float((got - reference).abs().max()) if torch.isfinite(got).all() else float("inf")
+    if error <= TOLERANCE * scale:
+        return
+    again = rerun()
+    if isinstance(again, torch.Tensor) and not torch.equal(again.detach().to(reference.device, torch.float32), reference):
+        raise ModelError("the model gives different outputs for the same image (random operations in forward, such as "
+                         "dropout in training mode or torch.rand): occlusion needs a deterministic model")
+    raise ModelError(f"hyinf's program of the model differs from {runtime} on this image by {error:.3g}, more than "
+                     f"{TOLERANCE:g} of the output scale {scale:.3g}: hyinf refuses rather than answer differently; "
+                     "use mode='naive' and report the model")
+
+
+def check_batches(run: Callable[[torch.Tensor], object], image: torch.Tensor, single: torch.Tensor) -> None:
+    """Refuse a model whose output for a batch of two copies of `image` is not its output `single`, twice:
+    occluded images are evaluated in batches."""
+    pair = run(torch.cat([image, image]))
+    if not isinstance(pair, torch.Tensor) or tuple(pair.shape) != (2, *single.shape[1:]) or not torch.allclose(
+            pair.to(single.device, single.dtype), single.expand(2, *single.shape[1:]), rtol=TOLERANCE, atol=TOLERANCE * float(single.abs().max())):
+        shape = tuple(pair.shape) if isinstance(pair, torch.Tensor) else type(pair).__name__
+        raise ModelError(f"the model mixes the images of a batch (two copies of the image give {shape}, not two equal "
+                         "outputs); hyinf evaluates occluded images in batches: export the model with a free batch axis")
+
+
+def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor) -> None:
+    """The program against the eager module on `image` (in eval mode, float32, the module's train flag restored)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return  # its program runs the module itself
+    where = next(iter(model.parameters()), image).device
+
+    def eager() -> object:
+        training = model.training
+        with contextlib.suppress(NotImplementedError):  # torch.export modules are already in eval form
+            model.eval()
+        try:
+            with float32():
+                return model(image.clone().to(where))
+        finally:
+            with contextlib.suppress(NotImplementedError):
+                model.train(training)
+
+    with torch.no_grad():
+        with float32():
+            got = run_program(program, image.to(program.device))
+        check_output(eager(), got, "the model run eagerly", eager)
+        check_batches(lambda batch: run_program(program, batch), image.to(program.device), got)
