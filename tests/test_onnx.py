@@ -238,3 +238,14 @@ def test_cli_explains_and_plans_onnx_files(tmp_path: Path) -> None:
     bad.write_text("nope")
     failed = runner.invoke(main, ["explain", str(bad), str(image)])
     assert failed.exit_code != 0 and "not an ONNX model" in failed.output and len(failed.output.strip().splitlines()) == 1
+
+
+def test_onnx_node_conformance_cases_pass_through_hyinfs_operators() -> None:
+    """ONNX's own node cases for every operator with a torch form: each is computed right or declined
+    (declined nodes run on ONNX's reference implementation); none is computed wrong or crashes."""
+    from onnx_conformance import run_all
+
+    outcomes = run_all()
+    failed = [f"{o.case}: {o.detail}" for o in outcomes if o.result == "failed"]
+    assert not failed, failed[:10]
+    assert sum(o.result == "passed" for o in outcomes) >= 190  # 193 of 357 data sets with onnx 1.23 (docs/onnx.md)

@@ -176,15 +176,22 @@ def clip(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
     high = x[2] if len(x) > 2 and x[2] is not None else attrs.get("max")
     low = float(low) if low is not None else None
     high = float(high) if high is not None else None
-    return [torch.clamp(x[0], low, high)]
+    return [x[0] if low is None and high is None else torch.clamp(x[0], low, high)]
 
 
 def _binary(fn: Callable[[Any, Any], Any]) -> OpFn:
     return lambda x, attrs, shapes: [fn(x[0], x[1])]
 
 
-for _name, _fn in (("Add", torch.add), ("Sub", torch.sub), ("Mul", torch.mul), ("Div", torch.div)):
+for _name, _fn in (("Add", torch.add), ("Sub", torch.sub), ("Mul", torch.mul)):
     op(_name)(_binary(_fn))
+
+
+@op("Div")
+def div(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
+    if not x[0].is_floating_point():  # ONNX divides integers with truncation
+        return [torch.div(x[0], x[1], rounding_mode="trunc")]
+    return [torch.div(x[0], x[1])]
 
 
 @op("Sum")
@@ -286,6 +293,9 @@ def cast(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
     return [x[0].to(torch.float32)]
 
 
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+
+
 @op("Pad")
 def pad(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
     pads = attrs.get("pads")
@@ -295,7 +305,10 @@ def pad(x: list[Any], attrs: dict[str, Any], shapes: list[Shape]) -> list[Any]:
     if len(x) > 2 and x[2] is not None:
         value = float(x[2])
     mode = attrs.get("mode", b"constant")
-    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode.decode() if isinstance(mode, bytes) else mode]
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in _PAD_MODES:
+        raise NotImplementedError(f"Pad mode {mode}")
+    mode = _PAD_MODES[mode]
     rank = len(shapes[0])
     begin, end = pads[:rank], pads[rank:]
     if any(begin[:2]) or any(end[:2]) or rank != 4 or (len(x) > 3 and x[3] is not None):

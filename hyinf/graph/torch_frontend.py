@@ -52,6 +52,9 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
         return fx.symbolic_trace(model, concrete_args=concrete or None)
     except Exception as e:  # fx raises many types; all mean the same thing to a user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "does not support item assignment" in first:
+            raise ModelError(f"the model assigns into part of a tensor (x[...] = v), which torch.fx cannot trace: use "
+                             "mode='naive', or write it out of place (torch.where, torch.cat)") from e
         raise ModelError(
             f"torch.fx cannot trace {type(model).__name__}: {first}. Make forward() free of data-dependent "
             "Python control flow, or use mode='naive'"

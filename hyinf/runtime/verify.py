@@ -59,21 +59,25 @@ def check_output(reference: object, got: torch.Tensor, runtime: str, rerun: Call
     again = rerun()
     if isinstance(again, torch.Tensor) and not torch.equal(again.detach().to(reference.device, torch.float32), reference):
         raise ModelError("the model gives different outputs for the same image (random operations in forward, such as "
-                         "dropout in training mode or torch.rand): occlusion needs a deterministic model")
+                         "dropout in training mode or torch.rand, or state it changes on every call): occlusion needs a "
+                         "deterministic model")
     raise ModelError(f"hyinf's program of the model differs from {runtime} on this image by {error:.3g}, more than "
                      f"{TOLERANCE:g} of the output scale {scale:.3g}: hyinf refuses rather than answer differently; "
                      "use mode='naive' and report the model")
 
 
 def check_batches(run: Callable[[torch.Tensor], object], image: torch.Tensor, single: torch.Tensor) -> None:
-    """Refuse a model whose output for a batch of two copies of `image` is not its output `single`, twice:
-    occluded images are evaluated in batches."""
-    pair = run(torch.cat([image, image]))
-    if not isinstance(pair, torch.Tensor) or tuple(pair.shape) != (2, *single.shape[1:]) or not torch.allclose(
-            pair.to(single.device, single.dtype), single.expand(2, *single.shape[1:]), rtol=TOLERANCE, atol=TOLERANCE * float(single.abs().max())):
+    """Refuse a model whose output for a batch of two images is not its outputs for each (`single` is
+    `run(image)`): occluded images are evaluated in batches. The second image is the first mirrored and
+    halved, so that neither its layout nor its statistics equal the first's."""
+    other = image.flip(-1) * 0.5
+    pair, alone = run(torch.cat([image, other])), run(other)
+    expected = torch.cat([single, alone.to(single.device, single.dtype)]) if isinstance(alone, torch.Tensor) else None
+    if expected is None or not isinstance(pair, torch.Tensor) or pair.shape != expected.shape or not torch.allclose(
+            pair.to(single.device, single.dtype), expected, rtol=TOLERANCE, atol=TOLERANCE * float(expected.abs().max())):
         shape = tuple(pair.shape) if isinstance(pair, torch.Tensor) else type(pair).__name__
-        raise ModelError(f"the model mixes the images of a batch (two copies of the image give {shape}, not two equal "
-                         "outputs); hyinf evaluates occluded images in batches: export the model with a free batch axis")
+        raise ModelError(f"the model mixes the images of a batch (a batch of two gives {shape}, not each image's own "
+                         "output); hyinf evaluates occluded images in batches: export the model with a free batch axis")
 
 
 def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor) -> None:
