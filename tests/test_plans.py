@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from hyinf.cli import main
 from hyinf.errors import PlanError, PlanWarning
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.torch_frontend import trace_torch
-from hyinf.planner.document import PlanDocument
+from hyinf.planner.document import PlanDocument, settings_key
 from hyinf.planner.select import make_plan
 from hyinf.plans_db import Database
 from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, LearnedCosts
@@ -201,3 +202,83 @@ def test_kept_plans_follow_the_database(tmp_path: Path) -> None:
     db = Database(str(path))
     _stored_costs(db, 1e-14)
     assert planned(db) == (1, {"incremental"})
+
+
+def _rename_node(body: dict) -> None:
+    name = next(iter(body["blocks"][0]["modes"]))
+    for b in body["blocks"]:
+        b["modes"][name + "_x"] = b["modes"].pop(name)
+
+
+def _rename_everywhere(body: dict) -> None:
+    """Consistently renamed: the form is valid, but it fits no model (found when it is used)."""
+    name = next(iter(body["blocks"][0]["modes"]))
+    for b in body["blocks"]:
+        b["modes"][name + "_x"] = b["modes"].pop(name)
+    for n in body["nodes"]:
+        if n["name"] == name:
+            n["name"] = name + "_x"
+
+
+POISONS = {
+    "renamed node": (_rename_node, "names nodes the plan does not list"),
+    "missing block": (lambda b: b["blocks"].pop(), "cover every position"),
+    "edited stride": (lambda b: b["settings"].update(stride=[5, 5]), "do not fit|cover every position"),
+    "edited image size": (lambda b: b["settings"].update(image_size=[4, 4]), "settings are impossible"),
+    "no predicted_s": (lambda b: b.pop("predicted_s"), "predicted_s"),
+    "NaN predicted": (lambda b: b["predicted_s"].update(plan=float("nan")), "predicted_s"),
+    "node count": (lambda b: b["model"].update(nodes=3), "model.nodes"),
+    "bad backend": (lambda b: b["settings"].update(backend="tvm"), "settings.backend"),
+}
+
+
+def _poisoned(tmp_path: Path, edit) -> Path:
+    body = json.loads(_document(_residual_cnn(), size=32, patch=6, stride=4).to_json())
+    edit(body)
+    path = tmp_path / "poisoned.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+@pytest.mark.parametrize("poison", list(POISONS))
+def test_poisoned_plans_are_refused_on_import_and_nothing_is_stored(tmp_path: Path, poison: str) -> None:
+    edit, words = POISONS[poison]
+    db = str(tmp_path / "p.db")
+    result = CliRunner().invoke(main, ["plans", "import", str(_poisoned(tmp_path, edit)), "--db", db])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in result.output
+    assert re.search(words, result.output), result.output
+    assert Database(db).plans() == []
+
+
+def test_a_bad_stored_plan_is_skipped_with_a_warning_listed_and_deleted(tmp_path: Path) -> None:
+    """A plan stored before imports were checked (or edited in the database) never stops a run."""
+    db_path = str(tmp_path / "p.db")
+    model, image = _residual_cnn(), torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    document = _document(model)
+    body = json.loads(document.to_json())
+    _rename_everywhere(body)
+    db = Database(db_path)
+    good_key = settings_key(document.settings)
+    plan_id = db.save_plan(document.model_fingerprint, good_key, fingerprint(CPU), None, body)
+    broken = db.save_plan("f" * 64, good_key, fingerprint(CPU), None, {"format": "hyinf-plan"})
+    with pytest.warns(PlanWarning, match=f"skipped stored plan {plan_id} .*plans delete {plan_id}"):
+        result = hyinf.explain(model, image, patch=6, stride=4, db=db_path)
+    assert_close_to(hyinf.explain(model, image, patch=6, stride=4, mode="naive").scores, result.scores, "after a skipped plan")
+    assert "planned now" in result.mode
+    runner = CliRunner()
+    listed = runner.invoke(main, ["plans", "list", "--db", db_path])
+    assert listed.exit_code == 0, listed.output
+    assert f"{broken}  invalid:" in listed.output and "residual" in listed.output
+    deleted = runner.invoke(main, ["plans", "delete", str(plan_id), "--db", db_path])
+    assert deleted.exit_code == 0 and f"deleted plan {plan_id}" in deleted.output
+    assert [row.id for row in Database(db_path).plans()] == [broken]
+    again = runner.invoke(main, ["plans", "delete", str(plan_id), "--db", db_path])
+    assert again.exit_code != 0 and "no plan" in again.output
+
+
+def test_deeply_nested_and_huge_plans_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="nested too deeply"):
+        PlanDocument.parse("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PlanError, match="more than a plan's"):
+        PlanDocument.parse(b" " * (65 * 2**20))

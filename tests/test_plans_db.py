@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import sqlite3
 from pathlib import Path
@@ -117,8 +118,27 @@ def test_corrupt_sqlite_is_refused(tmp_path: Path) -> None:
     data[100:4096] = b"\xff" * (4096 - 100)  # wreck the schema page, keep the header
     bad = tmp_path / "corrupt.db"
     bad.write_bytes(bytes(data))
-    with pytest.raises(DatabaseError, match="cannot be used"):
+    with pytest.raises(DatabaseError, match="is corrupt"):
         Database(str(bad))
+
+
+def test_a_corrupt_data_page_is_refused_before_any_write(tmp_path: Path) -> None:
+    """The schema reads fine, a table's page does not: nothing may be written into such a file."""
+    path = tmp_path / "hurt.db"
+    _writer(str(path), "z", 3)
+    gc.collect()  # the writer's connections close
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    last = (pages - 1) * page_size
+    data[last + 8: last + page_size] = b"\x13" * (page_size - 8)  # a measurements page, its header kept
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    with pytest.raises(DatabaseError, match="is corrupt.*integrity check"):
+        Database(str(path))
+    assert path.read_bytes() == before
 
 
 def test_foreign_database_is_refused(tmp_path: Path) -> None:

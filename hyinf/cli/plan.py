@@ -94,7 +94,7 @@ def _print_explanation(body: dict) -> None:
 
 @main.group()
 def plans() -> None:
-    """Stored plans: list, show, export to a file, import from a file."""
+    """Stored plans: list, show, export to a file, import from a file, delete."""
 
 
 @plans.command("list")
@@ -105,16 +105,38 @@ def list_plans(db_url: str | None) -> None:
 
     Example: hyinf plans list
     """
+    from hyinf.errors import PlanError
+    from hyinf.planner.document import PlanDocument
     from hyinf.plans_db import Database
 
     rows = Database(db_url).plans()
     if not rows:
         click.echo("no plans stored; make one with `hyinf plan MODEL`")
     for row in rows:
-        body = row.body
+        try:  # a row an older hyinf stored, or one edited in the database, is listed as invalid, not read blindly
+            body = PlanDocument.parse(json.dumps(row.body), f"plan {row.id}").body
+        except PlanError as e:
+            click.echo(f"{row.id:>4}  invalid: {e}  {row.created_at:%Y-%m-%d %H:%M}")
+            continue
         s = body["settings"]
         click.echo(f"{row.id:>4}  {body['model']['name']:<28} {s['image_size'][0]}x{s['image_size'][1]} patch {s['patch'][0]} stride {s['stride'][0]}  "
                    f"{body['strategy']:<9} {body['device']['name'][:32]:<32} predicted {body['predicted_s']['plan']:.2f} s  {row.created_at:%Y-%m-%d %H:%M}")
+
+
+@plans.command()
+@click.argument("plan_id", type=int)
+@click.option("--db", "db_url", help=DB_HELP)
+@user_errors
+def delete(plan_id: int, db_url: str | None) -> None:
+    """Remove stored plan PLAN_ID from the database.
+
+    Example: hyinf plans delete 3
+    """
+    from hyinf.plans_db import Database
+
+    if not Database(db_url).delete_plan(plan_id):
+        raise click.ClickException(f"no plan {plan_id} in the database; `hyinf plans list` shows the stored ones")
+    click.echo(f"deleted plan {plan_id}")
 
 
 def _stored(db_url: str | None, plan_id: int) -> dict:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from hyinf import __version__
-from hyinf.errors import PlanError, PlanWarning
+from hyinf.errors import HyinfError, PlanError, PlanWarning
 from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.geometry import Change, OcclusionGrid, changed_regions
 from hyinf.graph.ir import Graph
@@ -28,6 +29,7 @@ from hyinf.profiler.machine import DeviceFingerprint
 FORMAT = "hyinf-plan"
 SCHEMA_VERSION = 1
 FIX = "make a new one with `hyinf plan`"
+MAX_BYTES = 64 * 2**20  # plans take kilobytes: this bounds what a crafted file can cost
 
 
 def settings_of(grid: OcclusionGrid, backend: str = "torch") -> dict[str, Any]:
@@ -101,10 +103,14 @@ class PlanDocument:
     @classmethod
     def parse(cls, text: str | bytes, source: str = "plan") -> PlanDocument:
         """Validate a document's form (not yet against a model): one clear PlanError for anything wrong."""
+        if len(text) > MAX_BYTES:
+            raise PlanError(f"{source} is {len(text) / 2**20:.0f} MiB, more than a plan's {MAX_BYTES // 2**20} MiB; {FIX}")
         try:
             body = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PlanError(f"{source} is not JSON ({e}); {FIX}") from None
+        except RecursionError:
+            raise PlanError(f"{source} is nested too deeply to be a plan; {FIX}") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise PlanError(f"{source} is not a hyinf plan (no \"format\": \"{FORMAT}\"); {FIX}")
         version = body.get("schema_version")
@@ -112,9 +118,34 @@ class PlanDocument:
             raise PlanError(f"{source} has plan schema version {version!r}; this hyinf {__version__} reads version {SCHEMA_VERSION}; {FIX}")
         try:
             _check_shape(body)
-        except (KeyError, TypeError, ValueError) as e:
-            raise PlanError(f"{source} is malformed ({e}); {FIX}") from None
-        return cls(body)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise PlanError(f"{source} is malformed ({type(e).__name__}: {e}); {FIX}") from None
+        document = cls(body)
+        document.blocks(document.grid())  # they cover the grid of their own settings exactly once
+        return document
+
+    def grid(self) -> OcclusionGrid:
+        """The occlusion grid the plan's settings describe."""
+        s = self.settings
+        try:
+            return OcclusionGrid.make(tuple(s["image_size"]), tuple(s["patch"]), tuple(s["stride"]), s.get("approx_threshold", 1.0))
+        except HyinfError as e:
+            raise PlanError(f"the plan's settings are impossible ({e}); {FIX}") from None
+
+    def blocks(self, grid: OcclusionGrid) -> list[tuple[OcclusionGrid, Plan]]:
+        """The plan's (block, plan) pairs on `grid`, after checking they cover each of its positions once."""
+        rows, cols = grid.shape
+        covered: list[int] = []
+        pairs = []
+        for b in self.body["blocks"]:
+            if not all(0 <= r < rows for r in b["rows"]) or not all(0 <= c < cols for c in b["cols"]):
+                raise PlanError(f"the plan's blocks do not fit this model and grid; {FIX}")
+            block = grid.block(sorted(b["rows"]), sorted(b["cols"]))
+            covered += block.positions().tolist()
+            pairs.append((block, Plan(b["modes"], Mode.FULL, strategy=self.body["strategy"])))
+        if sorted(covered) != list(range(len(grid))):
+            raise PlanError(f"the plan's blocks do not cover every position exactly once; {FIX}")
+        return pairs
 
     def bind(self, graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, backend: str = "torch") -> list[tuple[OcclusionGrid, Plan]]:
         """The (block, plan) pairs to run, after checking the plan was made for this model and these settings."""
@@ -131,19 +162,10 @@ class PlanDocument:
         if self.device.key != device.key:
             warnings.warn(f"the plan was made for {self.device.description}, not this machine ({device.description}); "
                           "it is exact but may be slower here: run `hyinf plan` on this machine", PlanWarning, stacklevel=2)
-        names = set(graph.by_name)
-        rows, cols = grid.shape
-        covered = []
-        pairs = []
-        for b in self.body["blocks"]:
-            if not set(b["modes"]) <= names or not all(0 <= r < rows for r in b["rows"]) or not all(0 <= c < cols for c in b["cols"]):
-                raise PlanError(f"the plan's blocks do not fit this model and grid; {FIX}")
-            block = grid.block(sorted(b["rows"]), sorted(b["cols"]))
-            covered += block.positions().tolist()
-            pairs.append((block, Plan(b["modes"], Mode.FULL, strategy=self.body["strategy"])))
-        if sorted(covered) != list(range(len(grid))):
-            raise PlanError(f"the plan's blocks do not cover every position exactly once; {FIX}")
-        return pairs
+        unknown = sorted({name for b in self.body["blocks"] for name in b["modes"]} - set(graph.by_name))
+        if unknown:
+            raise PlanError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}); {FIX}")
+        return self.blocks(grid)
 
 
 def _node_costs(graph: Graph, b: BlockPlan) -> dict[str, dict[str, Any]]:
@@ -174,10 +196,26 @@ def _describe(settings: Mapping[str, Any]) -> str:
     return f"{settings.get('image_size')} images, patch {settings.get('patch')}, stride {settings.get('stride')}{approx}, backend {settings.get('backend')}"
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def _check_shape(body: dict[str, Any]) -> None:
-    """Types of every field the loader reads."""
-    if not isinstance(body["model"]["fingerprint"], str):
-        raise TypeError("model.fingerprint must be a string")
+    """Types of every field anything reads, and that the blocks only name the plan's own nodes."""
+    model = body["model"]
+    if not isinstance(model["fingerprint"], str) or not isinstance(model["name"], str):
+        raise TypeError("model.fingerprint and model.name must be strings")
+    if body["settings"].get("backend", "torch") not in ("torch", "ort"):
+        raise ValueError("settings.backend must be 'torch' or 'ort'")
+    predicted = body["predicted_s"]
+    if not isinstance(predicted, dict) or "plan" not in predicted or not all(_number(v) for v in predicted.values()):
+        raise ValueError("predicted_s must map 'plan' and the alternatives to seconds")
+    nodes = body["nodes"]
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("name"), str) for n in nodes):
+        raise ValueError("nodes must be a list of named nodes")
+    if model.get("nodes") != len(nodes):
+        raise ValueError(f"model.nodes says {model.get('nodes')!r} nodes, the plan lists {len(nodes)}")
+    names = {n["name"] for n in nodes}
     for key in ("image_size", "patch", "stride"):
         value = body["settings"][key]
         if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
@@ -193,3 +231,7 @@ def _check_shape(body: dict[str, Any]) -> None:
             raise TypeError("block rows and cols must be integers")
         if not isinstance(b["modes"], dict) or not all(v in ("incremental", "full") for v in b["modes"].values()):
             raise ValueError("block modes must map node names to 'incremental' or 'full'")
+        if not set(b["modes"]) <= names:
+            raise ValueError(f"a block names nodes the plan does not list ({', '.join(sorted(set(b['modes']) - names)[:3])})")
+        if not isinstance(b["predicted_s"], dict) or not all(_number(v) for v in b["predicted_s"].values()):
+            raise ValueError("each block's predicted_s must map to seconds")

@@ -3,8 +3,11 @@ made now with the device's cost model. The edge where planning meets the databas
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
 
+from hyinf.errors import PlanError, PlanWarning
 from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.ir import Graph
@@ -38,8 +41,12 @@ def choose_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *,
     if db is not None:
         row = db.find_plan(graph_fingerprint(graph), settings_key(settings_of(grid, backend)), device.key)
         if row is not None:
-            document = PlanDocument(row.body)
-            return ChosenPlan(document.bind(graph, grid, device, backend), f"stored plan {row.id}", document)
+            try:  # stored by an older hyinf, imported unchecked or edited in the database: never trusted as is
+                document = PlanDocument.parse(json.dumps(row.body), f"stored plan {row.id}")
+                return ChosenPlan(document.bind(graph, grid, device, backend), f"stored plan {row.id}", document)
+            except PlanError as e:
+                warnings.warn(f"skipped stored plan {row.id} in {db.url}: {e} (remove it with `hyinf plans delete {row.id}`); "
+                              "planning now", PlanWarning, stacklevel=2)
     document = make_plan(graph, grid, device, model_name=model_name, db=db, backend=backend)
     kind = document.body["cost_model"]
     source = f"planned now ({kind['kind']} cost model{' ' + str(kind['id']) if kind['id'] else ''})"

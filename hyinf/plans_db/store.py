@@ -8,6 +8,7 @@ losing writes, and two processes opening a new database migrate it once.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +55,21 @@ def _check_sqlite_file(path: Path) -> None:
         with path.open("rb") as f:
             if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
                 raise DatabaseError(f"{path} is not a SQLite database (is it the right file?); {FIX}")
+
+
+def _check_integrity(path: Path) -> None:
+    """Refuse a SQLite file whose pages are corrupt before anything reads its tables or writes to it.
+    Opened read-only, so a refused file is left exactly as it was."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as conn:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as e:
+        problems = [str(e)]
+    if problems != ["ok"]:
+        raise DatabaseError(f"database {path} is corrupt (SQLite's integrity check: {'; '.join(problems)[:200]}); "
+                            f"restore it from a backup, or {FIX}")
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -105,6 +121,7 @@ class Database:
             if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
                 path = Path(parsed.database)
                 _check_sqlite_file(path)
+                _check_integrity(path)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.engine = _sqlite_engine(self.url)
             else:
@@ -241,6 +258,15 @@ class Database:
     def plan(self, plan_id: int) -> PlanRow | None:
         with self.session() as s:
             return s.get(PlanRow, plan_id)
+
+    def delete_plan(self, plan_id: int) -> bool:
+        """Remove stored plan `plan_id`; False when there is none."""
+        with self.session() as s:
+            row = s.get(PlanRow, plan_id)
+            if row is None:
+                return False
+            s.delete(row)
+            return True
 
     def plans(self) -> list[PlanRow]:
         with self.session() as s:
