@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import operator
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from hyinf.plans_db import Database
 from hyinf.plans_db.location import existing_database
 from hyinf.profiler.machine import fingerprint
 from hyinf.quality import Quality, compare
-from hyinf.runtime.budget import batch_size_for, bytes_per_position
+from hyinf.runtime.budget import batch_size_for, bytes_per_position, check_limits
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.cache import ModelCache
@@ -113,12 +115,21 @@ def _as_batch(image: torch.Tensor) -> torch.Tensor:
         image = image[None]
     if image.dim() != 4 or image.shape[0] != 1:
         raise SettingsError(f"image must have shape (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
-    return image if image.is_floating_point() else image.float()
+    if image.is_complex():
+        raise SettingsError(f"image must hold real numbers, got {image.dtype}")
+    if image.is_floating_point() and not torch.isfinite(image).all():
+        raise SettingsError("the image holds NaN or infinite values")
+    return image.to(torch.float32)  # models run in float32; half and double images are cast
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """The torch device to run on; the one place that checks a requested accelerator exists."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SettingsError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SettingsError(f"hyinf runs on 'cpu' or 'cuda', not {dev.type!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SettingsError("device 'cuda' was requested but no CUDA GPU is available; use device='cpu'")
     return dev
@@ -129,6 +140,21 @@ def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
     if output == "softmax":
         flat = torch.softmax(flat, dim=1)
     return flat[:, target]
+
+
+def _target(target: object, base_out: torch.Tensor, classes: int) -> int:
+    """The explained output: the prediction by default, else any integer scalar (Python, numpy or torch) in range."""
+    if target is None:
+        return int(base_out.reshape(1, -1).argmax())
+    if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point() and target.dtype != torch.bool:
+        target = target.item()
+    try:
+        index = operator.index(target) if not isinstance(target, bool) else None  # numpy ints too, never bools
+    except TypeError:
+        index = None
+    if index is None or not 0 <= index < classes:
+        raise SettingsError(f"target {target!r} is outside the model's {classes} outputs (0 .. {classes - 1})")
+    return index
 
 
 def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | PlanDocument | None = None, *,
@@ -315,6 +341,7 @@ def explain(
         raise SettingsError(f"output must be 'raw' or 'softmax', got {output!r}")
     if backend not in BACKENDS:
         raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_limits(max_memory, batch_size)
     dev = resolve_device(device)
     batch = _as_batch(image).to(dev)
     source = model
@@ -342,9 +369,11 @@ def explain(
     def traced() -> TorchProgram:  # kept per model: tracing (copy, trace, check) took 0.3 s (resnet18) to 1.9 s (vgg16) of every naive call
         return _PROGRAMS.get(identity, (shape, str(dev)), lambda: trace_torch(model, shape, dev)) if identity is not None else trace_torch(model, shape, dev)
 
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.ExitStack() as stack:
         if mode == "naive" and backend == "torch":
-            model = model.to(dev).eval()
+            model = model.to(dev)
+            stack.callback(model.train, model.training)  # hyinf explains in eval mode; the caller's mode comes back
+            model.eval()
 
             def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
                 return _naive_pass(model, traced, batch, g, fill, s)
@@ -364,10 +393,7 @@ def explain(
         timings["compile_s"] = time.perf_counter() - clock - timings.get("trace_s", 0.0) - timings.get("verify_s", 0.0)
 
         classes = math.prod(fine.base_out.shape[1:])
-        if target is None:
-            target = int(fine.base_out.reshape(1, -1).argmax())
-        if not isinstance(target, int) or not 0 <= target < classes:
-            raise SettingsError(f"target {target!r} is outside the model's {classes} outputs (0 .. {classes - 1})")
+        target = _target(target, fine.base_out, classes)
         base_score = float(_scores(fine.base_out, target, output)[0])
 
         def select(out: torch.Tensor, _: torch.Tensor) -> torch.Tensor:

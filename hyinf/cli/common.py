@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -42,8 +44,28 @@ def pair(value: str) -> int | tuple[int, int]:
         parts = [int(p) for p in value.lower().split("x")]
     except ValueError:
         raise click.BadParameter(f"expected N or HxW, got {value!r}") from None
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    raise click.BadParameter(f"expected N or HxW, got {value!r}")
+    if len(parts) not in (1, 2):
+        raise click.BadParameter(f"expected N or HxW, got {value!r}")
+    if min(parts) < 1:
+        raise click.BadParameter(f"sizes are at least 1 pixel, got {value!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def pair_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | tuple[int, int] | None:
+    """A click callback: N or HxW parsed while the command line is, before any work."""
+    return None if value is None else pair(value)
+
+
+def writable_file(path: Path | None) -> None:
+    """Refuse, before any work, an output file whose folder does not exist or that is a folder."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a directory; give a file name", param_hint="-o")
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"the folder {path.parent} does not exist; create it first", param_hint="-o")
+
+
+def finite(value: float | None, name: str) -> None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}", param_hint=name)

@@ -12,7 +12,7 @@ import numpy as np
 
 import hyinf
 from hyinf.cli import main
-from hyinf.cli.common import DB_HELP, pair, user_errors
+from hyinf.cli.common import DB_HELP, finite, pair_option, user_errors
 from hyinf.explain import BACKENDS, MODES, OUTPUTS
 
 
@@ -20,8 +20,8 @@ from hyinf.explain import BACKENDS, MODES, OUTPUTS
 @click.argument("model", default="demo")
 @click.argument("image", required=False, type=click.Path(path_type=Path))
 @click.option("--target", type=int, help="Class to explain (default: the model's prediction).")
-@click.option("--patch", default="16", show_default=True, help="Patch size in pixels: N or HxW.")
-@click.option("--stride", default="8", show_default=True, help="Stride in pixels: N or HxW.")
+@click.option("--patch", default="16", show_default=True, callback=pair_option, help="Patch size in pixels: N or HxW.")
+@click.option("--stride", default="8", show_default=True, callback=pair_option, help="Stride in pixels: N or HxW.")
 @click.option("--patch-value", type=float, default=0.0, show_default=True, help="Value the patch is filled with.")
 @click.option("--patch-space", type=click.Choice(["pixel", "input"]), default="pixel", show_default=True,
               help="pixel: --patch-value is a pixel intensity in [0, 1] (0 = black); input: a model-input value.")
@@ -30,11 +30,11 @@ from hyinf.explain import BACKENDS, MODES, OUTPUTS
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="torch: PyTorch; ort: ONNX Runtime (the plan lowered to one ONNX graph, built once per model and settings).")
-@click.option("--image-size", nargs=2, type=int, help="Resize the image to H W (default: the model's usual size).")
+@click.option("--image-size", nargs=2, type=click.IntRange(min=1), help="Resize the image to H W (default: the model's usual size).")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,
               help="Normalise pixels as the model expects (ImageNet mean and std for torchvision models).")
 @click.option("--weights", type=click.Path(path_type=Path), help="Local state dict (.safetensors or .pt) for torchvision:NAME.")
-@click.option("--batch-size", type=int, help="Positions evaluated at once (default: from --max-memory).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Positions evaluated at once (default: from --max-memory).")
 @click.option("--max-memory", type=float, help="Memory budget for one chunk of positions, in GiB (default 2 on a CPU, a quarter of a GPU's free memory).")
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run this plan file (from `hyinf plan -o` or `hyinf plans export`) instead of choosing one.")
@@ -43,14 +43,15 @@ from hyinf.explain import BACKENDS, MODES, OUTPUTS
               help="Projective-field threshold TAU in (0, 1]: incremental windows span at most TAU of each map's side (1 = exact).")
 @click.option("--drill-down", "ratio", type=float, default=1.0, show_default=True,
               help="Drill-down RATIO in (0, 1]: a coarse pass, then the fine stride only over this fraction of it where the heatmap is highest (1 = exact).")
-@click.option("--coarse-stride", help="Stride of the drill-down's coarse pass: N or HxW (default: twice --stride).")
+@click.option("--coarse-stride", callback=pair_option, help="Stride of the drill-down's coarse pass: N or HxW (default: twice --stride).")
 @click.option("--check-exact", is_flag=True, help="Also compute the exact heatmap and report how far an approximate one is from it.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("hyinf-out"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @user_errors
-def explain(model: str, image: Path | None, target: int | None, patch: str, stride: str, patch_value: float, patch_space: str,
+def explain(model: str, image: Path | None, target: int | None, patch: int | tuple[int, int], stride: int | tuple[int, int],
+            patch_value: float, patch_space: str,
             mode: str, score: str, device: str, backend: str, image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
-            max_memory: float | None, plan_file: Path | None, db_url: str | None, threshold: float, ratio: float, coarse_stride: str | None,
+            max_memory: float | None, plan_file: Path | None, db_url: str | None, threshold: float, ratio: float, coarse_stride: int | tuple[int, int] | None,
             check_exact: bool, out_dir: Path, quiet: bool) -> None:
     """Occlusion heatmap of IMAGE under MODEL.
 
@@ -61,16 +62,27 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
 
     Example: hyinf explain torchvision:resnet18 cat.jpg --patch 16 --stride 8 --out cat-heatmap
     """
-    from hyinf.images import load_image
+    from hyinf.explain import resolve_device
+    from hyinf.images import check_image_path, load_image
     from hyinf.models import load_model
     from hyinf.viz import save_overlay
 
+    # Everything that can be checked without the model is, before the model is loaded.
+    finite(patch_value, "--patch-value")
+    finite(max_memory, "--max-memory")
+    if max_memory is not None and max_memory <= 0:
+        raise click.BadParameter(f"must be a positive number of GiB, got {max_memory}", param_hint="--max-memory")
+    resolve_device(device)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise click.BadParameter(f"{out_dir} is a file; give a folder to write the results into", param_hint="--out")
+    if image is None and model != "demo":
+        raise click.UsageError("IMAGE is required unless MODEL is 'demo'")
+    if image is not None:
+        check_image_path(image)
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     if not normalize:
         loaded = replace(loaded, mean=(0.0,) * len(loaded.mean), std=(1.0,) * len(loaded.std))
     if image is None:
-        if model != "demo":
-            raise click.UsageError("IMAGE is required unless MODEL is 'demo'")
         from hyinf.demo import SAMPLE, asset
 
         image = asset(SAMPLE)
@@ -81,16 +93,17 @@ def explain(model: str, image: Path | None, target: int | None, patch: str, stri
     if plan is not None and mode != "hybrid":
         raise click.UsageError("--plan runs a hybrid plan; leave out --mode")
     result = hyinf.explain(
-        loaded.module, loaded.normalise(pixels), target=target, patch=pair(patch), stride=pair(stride), patch_value=value,
+        loaded.module, loaded.normalise(pixels), target=target, patch=patch, stride=stride, patch_value=value,
         mode=mode, plan=plan, db=db_url, device=device, backend=backend, output=score, batch_size=batch_size,
-        max_memory=None if max_memory is None else int(max_memory * 1024**3), approx_threshold=threshold, drill_down=ratio,
-        coarse_stride=pair(coarse_stride) if coarse_stride else None, check_exact=check_exact, progress=not quiet and sys.stderr.isatty(),
+        max_memory=None if max_memory is None else max_memory * 1024**3, approx_threshold=threshold, drill_down=ratio,
+        coarse_stride=coarse_stride, check_exact=check_exact, progress=not quiet and sys.stderr.isatty(),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "heatmap.npy", result.heatmap.numpy())
     np.save(out_dir / "attribution.npy", result.attribution.numpy())
     label = loaded.labels[result.target] if result.target < len(loaded.labels) else str(result.target)
-    save_overlay(pixels, result.attribution[0], out_dir / "overlay.png", f"{loaded.description}: class {label}, patch {patch}, stride {stride}")
+    save_overlay(pixels, result.attribution[0], out_dir / "overlay.png", f"{loaded.description}: class {label}, patch {'x'.join(map(str, result.grid.patch))}, "
+                 f"stride {'x'.join(map(str, result.grid.stride))}")
     report = {
         "hyinf_version": hyinf.__version__,
         "model": loaded.description,

@@ -8,14 +8,14 @@ from pathlib import Path
 import click
 
 from hyinf.cli import main
-from hyinf.cli.common import DB_HELP, pair, user_errors
+from hyinf.cli.common import DB_HELP, pair_option, user_errors, writable_file
 
 
 @main.command()
 @click.argument("model")
-@click.option("--image-size", nargs=2, type=int, help="Image size H W (default: the model's usual size).")
-@click.option("--patch", default="16", show_default=True, help="Patch size in pixels: N or HxW.")
-@click.option("--stride", default="8", show_default=True, help="Stride in pixels: N or HxW.")
+@click.option("--image-size", nargs=2, type=click.IntRange(min=1), help="Image size H W (default: the model's usual size).")
+@click.option("--patch", default="16", show_default=True, callback=pair_option, help="Patch size in pixels: N or HxW.")
+@click.option("--stride", default="8", show_default=True, callback=pair_option, help="Stride in pixels: N or HxW.")
 @click.option("--device", default="cpu", show_default=True, help="Plan for this device's costs: cpu or cuda.")
 @click.option("--approx-threshold", "threshold", type=float, default=1.0, show_default=True,
               help="Plan for runs with this projective-field threshold (windows cut to TAU of each map's side; 1 = exact).")
@@ -29,7 +29,7 @@ from hyinf.cli.common import DB_HELP, pair, user_errors
 @click.option("--explain", "explain_plan", is_flag=True, help="Print each node's costs and chosen mode.")
 @click.option("--db", "db_url", help=DB_HELP)
 @user_errors
-def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str, device: str, threshold: float, cost_model_id: int | None, backend: str,
+def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int, int], stride: int | tuple[int, int], device: str, threshold: float, cost_model_id: int | None, backend: str,
          strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None) -> None:
     """Plan MODEL's hybrid evaluation and store the plan for `hyinf explain`.
 
@@ -50,10 +50,11 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str
     from hyinf.profiler.machine import fingerprint
 
     dev = resolve_device(device)
+    writable_file(output)
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     size = tuple(image_size) if image_size else loaded.image_size
     program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
-    grid = OcclusionGrid.make(size, pair(patch), pair(stride), threshold)  # type: ignore[arg-type]
+    grid = OcclusionGrid.make(size, patch, stride, threshold)  # type: ignore[arg-type]
     db = Database(db_url)
     fp = fingerprint(dev)
     start = time.perf_counter()
@@ -66,7 +67,8 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: str, stride: str
         _print_explanation(document.body)
     predicted = document.body["predicted_s"]
     source = document.body["cost_model"]
-    click.echo(f"plan {plan_id} for {model} ({size[0]}x{size[1]}, patch {patch}, stride {stride}) on {fp.description}, "
+    click.echo(f"plan {plan_id} for {model} ({size[0]}x{size[1]}, patch {'x'.join(map(str, grid.patch))}, "
+               f"stride {'x'.join(map(str, grid.stride))}) on {fp.description}, "
                f"{strategy}, {source['kind']} cost model{' ' + str(source['id']) if source['id'] else ''}, planned in {seconds:.2f} s")
     click.echo("predicted: " + ", ".join(f"{k} {v:.2f} s" for k, v in predicted.items()))
     click.echo(f"saved in {db.url}" + (f" and {output}" if output else ""))
@@ -170,6 +172,7 @@ def export(plan_id: int, output: Path, db_url: str | None) -> None:
 
     Example: hyinf plans export 3 -o resnet50-plan.json
     """
+    writable_file(output)
     output.write_text(json.dumps(_stored(db_url, plan_id), indent=1))
     click.echo(f"wrote plan {plan_id} to {output}")
 

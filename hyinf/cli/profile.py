@@ -8,16 +8,16 @@ from pathlib import Path
 import click
 
 from hyinf.cli import main
-from hyinf.cli.common import DB_HELP, pair, user_errors
+from hyinf.cli.common import DB_HELP, pair_option, user_errors
 
 
 @main.command()
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True, help="Runtime backend to profile.")
 @click.option("--model", "model_specs", multiple=True, help="Also time this model's layers (repeatable): demo, torchvision:NAME, an .onnx, .pt2 or TorchScript file.")
-@click.option("--image-size", nargs=2, type=int, help="Image size H W for --model (default: the model's usual size).")
-@click.option("--patch", default="16", show_default=True, help="Patch size for --model: N or HxW.")
-@click.option("--stride", default="8", show_default=True, help="Stride for --model: N or HxW.")
+@click.option("--image-size", nargs=2, type=click.IntRange(min=1), help="Image size H W for --model (default: the model's usual size).")
+@click.option("--patch", default="16", show_default=True, callback=pair_option, help="Patch size for --model: N or HxW.")
+@click.option("--stride", default="8", show_default=True, callback=pair_option, help="Stride for --model: N or HxW.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Local state dict for torchvision:NAME.")
 @click.option("--quick", is_flag=True, help="A smaller sweep (under 2 minutes on a 2-core CPU).")
 @click.option("--configs", type=click.IntRange(min=1), help="Sweep this many operator configurations (default 2000, 400 with --quick).")
@@ -25,7 +25,7 @@ from hyinf.cli.common import DB_HELP, pair, user_errors
 @click.option("--db", "db_url", help=DB_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size: tuple[int, int] | None, patch: str, stride: str,
+def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size: tuple[int, int] | None, patch: int | tuple[int, int], stride: int | tuple[int, int],
             weights: Path | None, quick: bool, configs: int | None, threads: int | None, db_url: str | None, quiet: bool) -> None:
     """Measure this device's incremental, full and conversion costs and fit its cost model.
 
@@ -50,7 +50,7 @@ def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size:
         loaded = load_model(spec, weights, tuple(image_size) if image_size else None)
         size = tuple(image_size) if image_size else loaded.image_size
         program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
-        targets.append(ModelTarget(spec, program, OcclusionGrid.make(size, pair(patch), pair(stride))))  # type: ignore[arg-type]
+        targets.append(ModelTarget(spec, program, OcclusionGrid.make(size, patch, stride)))  # type: ignore[arg-type]
     with tqdm(desc="profiling", unit="config", disable=quiet or not sys.stderr.isatty(), leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -16,6 +16,7 @@ from hyinf.graph.torch_frontend import trace_torch
 from hyinf.runtime.budget import batch_size_for, bytes_per_position
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.occlusion import patch_fill
+from hyinf.runtime.verify import check_output
 
 
 #: Layers whose output depends on train/eval mode; the engine evaluates models in eval mode.
@@ -83,9 +84,13 @@ def fast_attribute(model: nn.Module, args: OcclusionArgs, initial: torch.Tensor,
     targets = per_example_targets(args.target, x.shape[0], x.device)
 
     def select(outputs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return torch.gather(outputs.reshape(len(outputs), -1), 1, targets[images][:, None])[:, 0]
+        flat = outputs.reshape(len(outputs), -1)
+        return torch.gather(flat, 1, targets[images][:, None] % flat.shape[1])[:, 0]  # -1: the last, as captum
 
-    scores = collect_scores(engine.chunks(CleanImage(engine.program, x), fill, size), (x.shape[0], len(grid)), select, bar)
+    clean = CleanImage(engine.program, x)
+    check_output(initial, select(clean.output, torch.arange(x.shape[0], device=x.device)), "the model run eagerly",
+                 lambda: initial)  # the program on these very images, before their numbers are trusted
+    scores = collect_scores(engine.chunks(clean, fill, size), (x.shape[0], len(grid)), select, bar)
     drops = initial[:, None] - scores
     return torch.stack([attribution_from(drop.reshape(grid.shape).float(), grid, x.shape[1:]) for drop in drops])
 

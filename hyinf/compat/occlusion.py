@@ -69,6 +69,9 @@ class Occlusion:
         if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
             raise CaptumArgumentError(f"perturbations_per_eval must be an int of at least 1, got {perturbations_per_eval!r}")
         args = parse(inputs, sliding_window_shapes, strides, baselines, target, additional_forward_args)
+        if args.batch == 0:  # nothing to occlude: captum returns empty attributions too
+            empty = tuple(torch.zeros_like(x) for x in args.inputs)
+            return empty if args.is_tuple else empty[0]
         start = time.perf_counter()
         with torch.no_grad():
             initial = forward_output(self.forward_func, args.inputs, args.additional_args, args.target)

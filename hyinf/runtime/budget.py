@@ -56,12 +56,18 @@ def batch_size_for(per_position: int, positions: int, max_memory: int | None, ba
                    device: torch.device = torch.device("cpu")) -> int:
     """The chunk size: `batch_size` if given, else as many positions as fit `max_memory` (by
     default, `device`'s budget), at most `device`'s largest chunk."""
+    check_limits(max_memory, batch_size)
     if batch_size is not None:
-        if batch_size < 1:
-            raise SettingsError(f"batch_size must be at least 1, got {batch_size}")
         return min(batch_size, positions)
     default, largest = default_budget(device)
     budget = default if max_memory is None else max_memory
-    if budget <= 0:
-        raise SettingsError(f"max_memory must be a positive number of bytes, got {budget}")
-    return max(1, min(positions, largest, budget // max(per_position, 1)))
+    return max(1, min(positions, largest, int(budget // max(per_position, 1))))
+
+
+def check_limits(max_memory: float | None, batch_size: int | None) -> None:
+    """A memory budget and a chunk size a run can use (None: the default)."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise SettingsError(f"batch_size must be at least 1, got {batch_size!r}")
+    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, int | float)
+                                   or not math.isfinite(max_memory) or max_memory <= 0):
+        raise SettingsError(f"max_memory must be a positive, finite number of bytes, got {max_memory!r}")

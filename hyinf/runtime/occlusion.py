@@ -13,6 +13,8 @@ from hyinf.runtime.windows import span_mask
 def patch_fill(value: float | torch.Tensor, channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The patch's value as a (1, C, 1, 1) tensor, from a scalar or one value per channel."""
     fill = torch.as_tensor(value, dtype=dtype, device=device).flatten()
+    if not torch.isfinite(fill).all():
+        raise SettingsError(f"the patch value must be finite, got {value!r}")
     if fill.numel() not in (1, channels):
         raise SettingsError(f"patch value must be a scalar or {channels} per-channel values, got {fill.numel()}")
     return fill.expand(channels).reshape(1, channels, 1, 1)
