@@ -7,6 +7,7 @@ import functools
 import math
 import operator
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from hyinf.profiler.machine import fingerprint
 from hyinf.quality import Quality, compare
 from hyinf.runtime.budget import batch_size_for, bytes_per_position, check_limits
 from hyinf.runtime.engine import BlockedEngine, CleanImage
+from hyinf.runtime.estimate import check_fits, estimate_torch
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.cache import ModelCache
 from hyinf.runtime.ort_backend import OrtEngine
@@ -140,6 +142,17 @@ def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
     if output == "softmax":
         flat = torch.softmax(flat, dim=1)
     return flat[:, target]
+
+
+def check_work(model: nn.Module, shape: tuple[int, ...], device: torch.device, positions: int, progress: bool) -> None:
+    """Before tracing: refuse a run the machine cannot hold, and say how large it is when showing progress."""
+    found = estimate_torch(model, shape)
+    if found is None:
+        return
+    check_fits(found.activation_bytes, device, f"a {shape[-2]}x{shape[-1]} image", positions, found.flops)
+    if progress:
+        tqdm.write(f"hyinf: {positions:,} positions; {found.activation_bytes / 2**20:,.0f} MiB of activations per image, "
+                   f"{positions * found.flops / 1e9:,.0f} GFLOP by naive re-inference", file=sys.stderr)
 
 
 def _target(target: object, base_out: torch.Tensor, classes: int) -> int:
@@ -363,6 +376,8 @@ def explain(
     settings = _Settings(mode, plan, db, backend, batch_size, max_memory)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    if imported is None:  # an ONNX import was checked against memory before it ran anything
+        check_work(model, tuple(batch.shape), dev, len(grid), progress)
 
     shape = tuple(batch.shape)
 

@@ -275,3 +275,28 @@ def test_external_data_beside_the_model_loads(tmp_path) -> None:
     onnx.save_model(proto, str(path), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
     assert (tmp_path / "m.onnx.data").exists()
     assert_close_to(expected, hyinf.explain(str(path), image, patch=PATCH, stride=STRIDE, target=3).scores, "external data")
+
+
+# ---- bounded work --------------------------------------------------------------------------------
+
+def test_an_image_too_large_for_the_machine_is_refused_before_tracing() -> None:
+    import time
+
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    start = time.perf_counter()
+    with pytest.raises(hyinf.HyinfError, match=r"8000x8000 image needs about .* GiB .* GiB free; 998,001 positions.*--max-memory"):
+        hyinf.explain(model, torch.zeros(3, 8000, 8000), patch=16, stride=8)
+    assert time.perf_counter() - start < 20  # refused from shapes alone: tracing took minutes and 15 GB
+
+
+def test_an_onnx_import_too_large_for_the_machine_is_refused() -> None:
+    proto = _conv_relu(13, [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])], [1, 4])
+    for dim in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.ClearField("dim_value")
+        dim.dim_param = "side"
+    with pytest.raises(hyinf.HyinfError, match=r"importing the ONNX model for 60000x60000 images needs about"):
+        from hyinf.graph.onnx_frontend import load_onnx
+
+        load_onnx(proto, (60000, 60000))

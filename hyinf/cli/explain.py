@@ -62,7 +62,9 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
 
     Example: hyinf explain torchvision:resnet18 cat.jpg --patch 16 --stride 8 --out cat-heatmap
     """
-    from hyinf.explain import resolve_device
+    from hyinf.explain import check_work, resolve_device
+    from hyinf.graph.geometry import OcclusionGrid
+    from hyinf.graph.onnx_frontend import is_onnx
     from hyinf.images import check_image_path, load_image
     from hyinf.models import load_model
     from hyinf.viz import save_overlay
@@ -87,6 +89,9 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
 
         image = asset(SAMPLE)
     size = tuple(image_size) if image_size else loaded.image_size
+    if not is_onnx(model):  # before decoding and resizing the image, which can take seconds at large sizes
+        grid = OcclusionGrid.make(size, patch, stride)  # type: ignore[arg-type]
+        check_work(loaded.module, (1, len(loaded.mean), *size), resolve_device(device), len(grid), progress=False)
     pixels = load_image(image, size)  # type: ignore[arg-type]
     value = loaded.pixel_to_input(patch_value) if patch_space == "pixel" else patch_value
     plan = hyinf.PlanDocument.parse(plan_file.read_bytes(), str(plan_file)) if plan_file is not None else None

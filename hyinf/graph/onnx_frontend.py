@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import fx, nn
 
 from hyinf.errors import ModelError
 from hyinf.graph.onnx_ops import lookup
+from hyinf.runtime.estimate import check_fits
 
 FIX = "export it again (torch.onnx.export) or check that the file is complete"
 
@@ -269,6 +271,17 @@ def _checked(proto: onnx.ModelProto, name: str, input_name: str, shape: tuple[in
         raise ModelError(f"{name} fails ONNX shape inference: {str(e).strip().splitlines()[0]}") from None
 
 
+def _activation_bytes(inferred: onnx.ModelProto) -> int:
+    """Bytes of every value shape inference sized, for one image: what importing and tracing will hold."""
+    total = 0
+    for value in (*inferred.graph.value_info, *inferred.graph.output):
+        kind = value.type.tensor_type
+        dims = [d.dim_value for d in kind.shape.dim]
+        if kind.elem_type and all(d > 0 for d in dims):
+            total += math.prod(dims) * helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize
+    return total
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True))
 
@@ -394,6 +407,7 @@ def load_onnx(source: str | Path | bytes | onnx.ModelProto, image_size: tuple[in
     _checked(proto, name, input_name, shape)  # the file as given must pass, not only its conversion
     converted, opset = _converted(proto, opset)
     inferred = _checked(converted, name, input_name, shape)
+    check_fits(_activation_bytes(inferred), torch.device("cpu"), f"importing {name} for {shape[2]}x{shape[3]} images")
     try:
         with torch.no_grad():
             module = fx.symbolic_trace(_OnnxGraph(inferred, input_name, shape, name, input_type == "uint8"))
