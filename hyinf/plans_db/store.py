@@ -57,19 +57,23 @@ def _check_sqlite_file(path: Path) -> None:
                 raise DatabaseError(f"{path} is not a SQLite database (is it the right file?); {FIX}")
 
 
-def _check_integrity(path: Path) -> None:
-    """Refuse a SQLite file whose pages are corrupt before anything reads its tables or writes to it.
-    Opened read-only, so a refused file is left exactly as it was."""
+def _check_sqlite_contents(path: Path) -> None:
+    """Refuse a SQLite file whose pages are corrupt, or that holds someone else's tables, before anything
+    writes to it (opening it for use turns on WAL, which rewrites its header). Read-only: a refused
+    file is left exactly as it was."""
     if not path.exists() or path.stat().st_size == 0:
         return
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as conn:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as e:
-        problems = [str(e)]
+        problems, tables = [str(e)], set()
     if problems != ["ok"]:
         raise DatabaseError(f"database {path} is corrupt (SQLite's integrity check: {'; '.join(problems)[:200]}); "
                             f"restore it from a backup, or {FIX}")
+    if tables and "alembic_version" not in tables:
+        raise DatabaseError(f"database {path} holds tables that are not hyinf's ({', '.join(sorted(tables)[:5])}); {FIX}")
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -121,7 +125,7 @@ class Database:
             if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
                 path = Path(parsed.database)
                 _check_sqlite_file(path)
-                _check_integrity(path)
+                _check_sqlite_contents(path)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.engine = _sqlite_engine(self.url)
             else:
