@@ -248,4 +248,4 @@ def test_onnx_node_conformance_cases_pass_through_hyinfs_operators() -> None:
     outcomes = run_all()
     failed = [f"{o.case}: {o.detail}" for o in outcomes if o.result == "failed"]
     assert not failed, failed[:10]
-    assert sum(o.result == "passed" for o in outcomes) >= 190  # 193 of 357 data sets with onnx 1.23 (docs/onnx.md)
+    assert sum(o.result == "passed" for o in outcomes) >= 190  # 193 of 357 data sets with onnx 1.23 (docs/trust.md)
