@@ -3,13 +3,12 @@
 Every Pillow mode is scaled by its own range (8-bit by 255, 16-bit by 65535, float as given), the
 EXIF orientation is applied so an image is explained as it is shown, and what cannot be read
 faithfully (float pixels outside [0, 1], 32-bit integers, colour spaces Pillow cannot convert) is
-refused in one line. The path is checked before it is opened, so a FIFO or a device never blocks.
+refused in one line.
 """
 
 from __future__ import annotations
 
 import re
-import stat
 import warnings
 from pathlib import Path
 
@@ -18,29 +17,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hyinf.errors import InputError
+from hyinf.paths import check_readable_file
 
 #: Pixels beyond this are refused before decoding (Pillow's own decompression-bomb limit).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
-
-
-def check_image_path(path: Path) -> None:
-    """A readable regular file, or one line saying what `path` is instead."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"image {path} does not exist") from None
-    except OSError as e:
-        raise InputError(f"cannot read image {path}: {e.strerror}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"image {path} is a directory; give an image file")
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"image {path} is not a regular file (a pipe or device); save the image to a file first")
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as e:
-        raise InputError(f"cannot read image {path}: {e.strerror}") from None
 
 
 def _planes(img: Image.Image, path: Path) -> list[Image.Image]:
@@ -69,7 +50,7 @@ def _planes(img: Image.Image, path: Path) -> list[Image.Image]:
 
 def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """An image file as (3, H, W) pixels in [0, 1], as it is shown (EXIF orientation), resized to `size` (H, W)."""
-    check_image_path(path)
+    check_readable_file(path, "image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

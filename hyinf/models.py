@@ -16,6 +16,7 @@ from hyinf import demo
 from hyinf.errors import ModelError
 from hyinf.graph.onnx_frontend import is_onnx, load_onnx
 from hyinf.graph.pt2_archive import load_exported
+from hyinf.paths import check_readable_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,8 +45,7 @@ class LoadedModel:
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist")
+    check_readable_file(path, "weights file")
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
@@ -89,8 +89,9 @@ def _torchvision(name: str, weights: Path | None) -> LoadedModel:
 
 
 def _file(path: Path) -> nn.Module:
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(f"model file {path} does not exist; give torchvision:NAME, 'demo', a .pt2 or a TorchScript file")
+    check_readable_file(path, "model file")
     if path.suffix == ".pt2":
         return load_exported(path)
     try:

@@ -57,6 +57,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     f["hdr"] = d / "hdr.tiff"
     Image.new("1", (14_000, 14_000)).save(d / "bomb.png")
     f["bomb"] = d / "bomb.png"
+    os.mkfifo(d / "fifo.json")
+    f["fifo_plan"] = d / "fifo.json"
+    os.mkfifo(d / "fifo.pt2")
+    f["fifo_model"] = d / "fifo.pt2"
+    (d / "folder.pt2").mkdir()
+    f["folder_model"] = d / "folder.pt2"
+    (d / "taken" / "heatmap.npy").mkdir(parents=True)
+    f["taken"] = d / "taken"
     (d / "existing.txt").write_text("keep me")
     f["existing"] = d / "existing.txt"
     (d / "notes.onnx").write_text("not a model")
@@ -186,6 +194,15 @@ CLI: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "database is notes": (lambda f: ["explain", "demo", "--db", str(f["notes_db"])], "not a SQLite database"),
     "database is someone else's": (lambda f: ["explain", "demo", "--db", str(f["foreign_db"])], "not hyinf's"),
     "database is a folder": (lambda f: ["explain", "demo", "--db", str(f["folder"])], "is a directory"),
+    "plan file is a FIFO": (lambda f: ["explain", "demo", "--plan", str(f["fifo_plan"])], "not a regular file"),
+    "model file is a FIFO": (lambda f: ["explain", str(f["fifo_model"]), str(f["photo"])], "not a regular file"),
+    "model file is a folder": (lambda f: ["explain", str(f["folder_model"]), str(f["photo"])], "is a directory"),
+    "weights file is a FIFO": (lambda f: ["explain", "torchvision:resnet18", str(f["photo"]), "--weights", str(f["fifo_model"])],
+                               "not a regular file"),
+    "an output name is a folder": (lambda f: ["explain", "demo", "--out", str(f["taken"])], "heatmap.npy is a directory"),
+    "out under a file": (lambda f: ["explain", "demo", "--out", str(f["existing"] / "sub")], "is a file"),
+    "import a FIFO": (lambda f: ["plans", "import", str(f["fifo_plan"])], "not a regular file"),
+    "plan output on a full disk": (lambda f: ["plan", "demo", "--patch", "64", "--stride", "64", "-o", "/dev/full"], "No space left"),
     "plan output in a missing folder": (lambda f: ["plan", "demo", "-o", str(f["dir"] / "no" / "such" / "plan.json")], "does not exist"),
     "plan output is a folder": (lambda f: ["plan", "demo", "-o", str(f["folder"])], "is a directory"),
     "plan image size 0": (lambda f: ["plan", "demo", "--image-size", "0", "0"], "--image-size"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return fn(*args, **kwargs)
         except HyinfError as e:
             raise click.ClickException(str(e)) from e
+        except OSError as e:  # the disk, not hyinf: full, read-only, gone
+            where = f" {e.filename}" if e.filename else " a file"
+            raise click.ClickException(f"cannot write or read{where}: {e.strerror or e}") from e
         finally:  # outside the recording context, so re-issued warnings are not recorded again
             for w in caught:
                 if issubclass(w.category, PlanWarning):
@@ -64,6 +68,19 @@ def writable_file(path: Path | None) -> None:
         raise click.BadParameter(f"{path} is a directory; give a file name", param_hint="-o")
     if not path.parent.is_dir():
         raise click.BadParameter(f"the folder {path.parent} does not exist; create it first", param_hint="-o")
+
+
+def writable_folder(path: Path) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written (nothing is created now)."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise click.BadParameter(f"{existing} is a file, so {path} cannot be a folder", param_hint="--out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{existing} cannot be written to", param_hint="--out")
 
 
 def finite(value: float | None, name: str) -> None:

@@ -12,8 +12,12 @@ import numpy as np
 
 import hyinf
 from hyinf.cli import main
-from hyinf.cli.common import DB_HELP, finite, pair_option, user_errors
+from hyinf.cli.common import DB_HELP, finite, pair_option, user_errors, writable_folder
+from hyinf.paths import check_readable_file
 from hyinf.explain import BACKENDS, MODES, OUTPUTS
+
+
+RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 
 
 @main.command()
@@ -36,7 +40,7 @@ from hyinf.explain import BACKENDS, MODES, OUTPUTS
 @click.option("--weights", type=click.Path(path_type=Path), help="Local state dict (.safetensors or .pt) for torchvision:NAME.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Positions evaluated at once (default: from --max-memory).")
 @click.option("--max-memory", type=float, help="Memory budget for one chunk of positions, in GiB (default 2 on a CPU, a quarter of a GPU's free memory).")
-@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path),
               help="Run this plan file (from `hyinf plan -o` or `hyinf plans export`) instead of choosing one.")
 @click.option("--db", "db_url", help=DB_HELP)
 @click.option("--approx-threshold", "threshold", type=float, default=1.0, show_default=True,
@@ -65,7 +69,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
     from hyinf.explain import check_work, resolve_device
     from hyinf.graph.geometry import OcclusionGrid
     from hyinf.graph.onnx_frontend import is_onnx
-    from hyinf.images import check_image_path, load_image
+    from hyinf.images import load_image
     from hyinf.models import load_model
     from hyinf.viz import save_overlay
 
@@ -80,7 +84,13 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
     if image is None and model != "demo":
         raise click.UsageError("IMAGE is required unless MODEL is 'demo'")
     if image is not None:
-        check_image_path(image)
+        check_readable_file(image, "image")
+    if plan_file is not None:
+        check_readable_file(plan_file, "plan file")
+    for name in RESULT_FILES:
+        if (out_dir / name).is_dir():
+            raise click.BadParameter(f"{out_dir / name} is a directory; give another --out", param_hint="--out")
+    writable_folder(out_dir)
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     if not normalize:
         loaded = replace(loaded, mean=(0.0,) * len(loaded.mean), std=(1.0,) * len(loaded.std))

@@ -9,6 +9,7 @@ import click
 
 from hyinf.cli import main
 from hyinf.cli.common import DB_HELP, pair_option, user_errors, writable_file
+from hyinf.paths import check_readable_file
 
 
 @main.command()
@@ -178,7 +179,7 @@ def export(plan_id: int, output: Path, db_url: str | None) -> None:
 
 
 @plans.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.option("--db", "db_url", help=DB_HELP)
 @user_errors
 def import_plan(file: Path, db_url: str | None) -> None:
@@ -189,6 +190,7 @@ def import_plan(file: Path, db_url: str | None) -> None:
     from hyinf.planner.document import PlanDocument, settings_key
     from hyinf.plans_db import Database
 
+    check_readable_file(file, "plan file")
     document = PlanDocument.parse(file.read_bytes(), str(file))
     plan_id = Database(db_url).save_plan(document.model_fingerprint, settings_key(document.settings), document.device, None, dict(document.body))
     click.echo(f"imported {file} as plan {plan_id} ({document.body['model']['name']}, made for {document.device.description})")

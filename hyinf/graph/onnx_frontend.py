@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from hyinf.errors import ModelError
 from hyinf.graph.onnx_ops import lookup
+from hyinf.paths import check_readable_file
 from hyinf.runtime.estimate import check_fits
 
 FIX = "export it again (torch.onnx.export) or check that the file is complete"
@@ -156,6 +157,7 @@ def _external_data(proto: onnx.ModelProto, path: Path) -> None:
         if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
             raise ModelError(f"{path}'s weight {tensor.name!r} points outside the model's folder ({location!r}); "
                              "keep external data files beside the .onnx file")
+        check_readable_file(target, f"{path}'s external data file")
     try:
         external_data_helper.load_external_data_for_model(proto, str(folder))
     except OSError as e:
@@ -172,8 +174,7 @@ def _load(source: str | Path | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto
         if isinstance(source, bytes):
             proto = onnx.load_model_from_string(source)
         else:
-            if not Path(source).is_file():
-                raise ModelError(f"model file {source} does not exist or is not a file")
+            check_readable_file(Path(source), "model file")
             proto = onnx.load(str(source), load_external_data=False)
     except OSError as e:
         raise ModelError(f"cannot read {name}: {e.strerror or e}") from None
