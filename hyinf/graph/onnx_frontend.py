@@ -119,18 +119,23 @@ class OnnxModel:
     original: bytes | str = b""  # the file's path (its external data beside it), or the model's bytes
     input_type: str = "float32"  # what the graph declares: "float32", or "uint8" (pixels 0..255)
 
-    def reference_output(self, image: torch.Tensor) -> torch.Tensor:
-        """ONNX Runtime's output for the original model on `image` (batch 1, in the module's input space)."""
+    @functools.cached_property
+    def _reference_session(self) -> Any:
+        """ONNX Runtime's session of the original model, built on first use and kept with this import."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         source = self.original if isinstance(self.original, str) else bytes(self.original)
         try:
-            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types
             raise ModelError(f"ONNX Runtime cannot load the model to check hyinf's import against it: "
                              f"{str(e).strip().splitlines()[0]}") from None
+
+    def reference_output(self, image: torch.Tensor) -> torch.Tensor:
+        """ONNX Runtime's output for the original model on `image` (batch 1, in the module's input space)."""
+        session = self._reference_session
         array = image.detach().cpu().float().numpy()
         if self.input_type == "uint8":
             array = np.clip(np.round(array), 0, 255).astype(np.uint8)
