@@ -138,8 +138,12 @@ def delete(plan_id: int, db_url: str | None) -> None:
     from hyinf.plans_db import Database
 
     if not Database(db_url).delete_plan(plan_id):
-        raise click.ClickException(f"no plan {plan_id} in the database; `hyinf plans list` shows the stored ones")
+        raise _missing(plan_id)
     click.echo(f"deleted plan {plan_id}")
+
+
+def _missing(plan_id: int) -> click.ClickException:
+    return click.ClickException(f"no plan {plan_id} in the database; `hyinf plans list` shows the stored ones")
 
 
 def _stored(db_url: str | None, plan_id: int) -> dict:
@@ -147,7 +151,7 @@ def _stored(db_url: str | None, plan_id: int) -> dict:
 
     row = Database(db_url).plan(plan_id)
     if row is None:
-        raise click.ClickException(f"no plan {plan_id} in the database; `hyinf plans list` shows the stored ones")
+        raise _missing(plan_id)
     return row.body
 
 

@@ -78,7 +78,7 @@ def trace_torch(model: nn.Module, input_shape: tuple[int, ...], device: str | to
     with torch.no_grad():
         recorder.run(example)
         program = _Builder(gm, recorder.values, device).build()
-        check_torch(original, program, example)
+        check_torch(original, program, example, batches=True)
     return program
 
 

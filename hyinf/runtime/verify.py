@@ -80,8 +80,10 @@ def check_batches(run: Callable[[torch.Tensor], object], image: torch.Tensor, si
                          "output); hyinf evaluates occluded images in batches: export the model with a free batch axis")
 
 
-def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor) -> None:
-    """The program against the eager module on `image` (in eval mode, float32, the module's train flag restored)."""
+def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor, batches: bool = False) -> None:
+    """The program against the eager module on `image` (in eval mode, float32, the module's train flag
+    restored); with `batches`, also that the program evaluates batches image by image (a property of
+    the model, checked once when it is traced)."""
     if isinstance(model, torch.jit.ScriptModule):
         return  # its program runs the module itself
     where = next(iter(model.parameters()), image).device
@@ -97,8 +99,8 @@ def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor) ->
             with contextlib.suppress(NotImplementedError):
                 model.train(training)
 
-    with torch.no_grad():
-        with float32():
-            got = run_program(program, image.to(program.device))
+    with torch.no_grad(), float32():
+        got = run_program(program, image.to(program.device))
         check_output(eager(), got, "the model run eagerly", eager)
-        check_batches(lambda batch: run_program(program, batch), image.to(program.device), got)
+        if batches:
+            check_batches(lambda batch: run_program(program, batch), image.to(program.device), got)
