@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from hyinf.cli.plan import plan_line
 from hyinf.errors import HyinfError, PlanError, PlanWarning
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.onnx_frontend import load_onnx
@@ -87,6 +88,8 @@ def test_mutated_plan_documents_give_plan_errors_only(body) -> None:
         return
     try:
         document = PlanDocument.parse(text, "fuzzed plan")
+        plan_line(dict(document.body))  # what `hyinf plans list` and `plans import` print of it
+        assert document.device.description
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PlanWarning)  # a mutated device or backend: warned of, not an error
             document.bind(PROGRAM.graph, GRID, fingerprint(torch.device("cpu")))

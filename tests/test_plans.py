@@ -229,6 +229,8 @@ POISONS = {
     "NaN predicted": (lambda b: b["predicted_s"].update(plan=float("nan")), "predicted_s"),
     "node count": (lambda b: b["model"].update(nodes=3), "model.nodes"),
     "bad backend": (lambda b: b["settings"].update(backend="tvm"), "settings.backend"),
+    "device name a number": (lambda b: b["device"].update(name=5), "device.name must be a string"),
+    "device cores a string": (lambda b: b["device"].update(cores="two"), "device.cores must be an integer"),
 }
 
 

@@ -121,9 +121,14 @@ def list_plans(db_url: str | None) -> None:
         except PlanError as e:
             click.echo(f"{row.id:>4}  invalid: {e}  {row.created_at:%Y-%m-%d %H:%M}")
             continue
-        s = body["settings"]
-        click.echo(f"{row.id:>4}  {body['model']['name']:<28} {s['image_size'][0]}x{s['image_size'][1]} patch {s['patch'][0]} stride {s['stride'][0]}  "
-                   f"{body['strategy']:<9} {body['device']['name'][:32]:<32} predicted {body['predicted_s']['plan']:.2f} s  {row.created_at:%Y-%m-%d %H:%M}")
+        click.echo(f"{row.id:>4}  {plan_line(body)}  {row.created_at:%Y-%m-%d %H:%M}")
+
+
+def plan_line(body: dict) -> str:
+    """What `hyinf plans list` says of a parsed plan document."""
+    s = body["settings"]
+    return (f"{body['model']['name']:<28} {s['image_size'][0]}x{s['image_size'][1]} patch {s['patch'][0]} stride {s['stride'][0]}  "
+            f"{body['strategy']:<9} {body['device']['name'][:32]:<32} predicted {body['predicted_s']['plan']:.2f} s")
 
 
 @plans.command()

@@ -223,7 +223,13 @@ def _check_shape(body: dict[str, Any]) -> None:
     threshold = body["settings"].get("approx_threshold", 1.0)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise ValueError("settings.approx_threshold must be a number in (0, 1]")
-    DeviceFingerprint(**{k: body["device"][k] for k in DeviceFingerprint.__dataclass_fields__})
+    device = body["device"]
+    for key, field in DeviceFingerprint.__dataclass_fields__.items():
+        kind = int if field.type in (int, "int") else str
+        if isinstance(device[key], bool) or not isinstance(device[key], kind):
+            raise TypeError(f"device.{key} must be {'an integer' if kind is int else 'a string'}")
+    if not isinstance(body["cost_model"], dict):
+        raise TypeError("cost_model must be an object")
     if not isinstance(body["strategy"], str) or not isinstance(body["blocks"], list) or not body["blocks"]:
         raise ValueError("strategy and a non-empty list of blocks are required")
     for b in body["blocks"]:
