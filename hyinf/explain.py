@@ -24,6 +24,7 @@ from hyinf.graph.geometry import OcclusionGrid, position_blocks
 from hyinf.graph.onnx_frontend import OnnxModel, is_onnx, load_onnx
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.kept import Kept
+from hyinf.modes import BACKENDS, MODES, OUTPUTS
 from hyinf.planner.plan import Plan
 from hyinf.planner.document import PlanDocument
 from hyinf.planner.select import choose_plan
@@ -42,9 +43,6 @@ from hyinf.runtime.occlusion import PatchSpans, patch_fill
 from hyinf.runtime.verify import check_batches, check_output, check_torch, float32, run_program
 from hyinf.runtime.windows import span_mask
 
-MODES = ("hybrid", "incremental", "full", "naive")
-OUTPUTS = ("raw", "softmax")
-BACKENDS = ("torch", "ort")
 _ORT_ENGINES: ModelCache[OrtEngine] = ModelCache(4)
 _ENGINES: Kept[BlockedEngine] = Kept(4)  # a drill-down uses two: its coarse and its fine grid
 _PROGRAMS: ModelCache[TorchProgram] = ModelCache(2)  # tracing vgg16 (copy, trace, check) takes 0.75 s of a 6 s approximate run

@@ -8,13 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
-import numpy as np
 
 import hyinf
 from hyinf.cli import main
 from hyinf.cli.common import DB_HELP, finite, pair_option, user_errors, writable_folder
 from hyinf.paths import check_readable_file
-from hyinf.explain import BACKENDS, MODES, OUTPUTS
+from hyinf.modes import BACKENDS, MODES, OUTPUTS
 
 
 RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
@@ -66,6 +65,8 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
 
     Example: hyinf explain torchvision:resnet18 cat.jpg --patch 16 --stride 8 --out cat-heatmap
     """
+    import numpy as np
+
     from hyinf.explain import check_work, resolve_device
     from hyinf.graph.geometry import OcclusionGrid
     from hyinf.graph.onnx_frontend import is_onnx

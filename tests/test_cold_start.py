@@ -1,0 +1,39 @@
+"""`import hyinf` and `hyinf --help` load only what they use: no torch, ONNX or numpy until a call
+needs them (their time is measured in benchmarks/, not asserted here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "onnx", "onnxruntime", "numpy", "sklearn", "sqlalchemy")
+
+
+def _loaded_after(code: str) -> set[str]:
+    probe = f"import sys\n{code}\nprint('LOADED:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
+    err = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stderr
+    line = next(line for line in err.splitlines() if line.startswith("LOADED:"))
+    return set(filter(None, line.removeprefix("LOADED:").split(",")))
+
+
+@pytest.mark.parametrize("code", [
+    "import hyinf",
+    "import hyinf; hyinf.__version__",
+    "from hyinf.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+    "from hyinf.cli import main\ntry:\n    main(['explain', '--help'])\nexcept SystemExit:\n    pass",
+    "from hyinf.cli import main\ntry:\n    main(['plans', 'list', '--help'])\nexcept SystemExit:\n    pass",
+])
+def test_nothing_heavy_is_imported(code: str) -> None:
+    assert _loaded_after(code) == set()
+
+
+def test_public_names_still_resolve() -> None:
+    import hyinf
+    import hyinf.explain  # the submodule import must not hide the function of the same name
+
+    assert callable(hyinf.explain) and hyinf.explain.__module__ == "hyinf.explain"
+    assert {"Occlusion", "PlanDocument", "HyinfError", "Mode", "Plan", "Quality", "Explanation", "Approximation"} <= set(dir(hyinf))
+    with pytest.raises(AttributeError):
+        hyinf.no_such_name  # noqa: B018
