@@ -14,9 +14,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _WHERE = {
-    "Approximation": "hyinf.explain", "Explanation": "hyinf.explain", "explain": "hyinf.explain",
-    "HyinfError": "hyinf.errors", "Occlusion": "hyinf.compat", "PlanDocument": "hyinf.planner.document",
-    "Mode": "hyinf.planner.plan", "Plan": "hyinf.planner.plan", "Quality": "hyinf.quality",
+    "Approximation": "hyinf.explain",
+    "Explanation": "hyinf.explain",
+    "explain": "hyinf.explain",
+    "HyinfError": "hyinf.errors",
+    "Occlusion": "hyinf.compat",
+    "PlanDocument": "hyinf.planner.document",
+    "Mode": "hyinf.planner.plan",
+    "Plan": "hyinf.planner.plan",
+    "Quality": "hyinf.quality",
 }
 __all__ = sorted(_WHERE)
 

@@ -33,18 +33,24 @@ def _planes(img: Image.Image, path: Path) -> list[Image.Image]:
     if mode == "F":
         array = np.asarray(img, dtype=np.float32)
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise InputError(f"{path} holds float pixels in [{np.nanmin(array):.4g}, {np.nanmax(array):.4g}] (or NaN); "
-                             "hyinf reads float images as intensities in [0, 1]: scale it first")
+            raise InputError(
+                f"{path} holds float pixels in [{np.nanmin(array):.4g}, {np.nanmax(array):.4g}] (or NaN); "
+                "hyinf reads float images as intensities in [0, 1]: scale it first"
+            )
         return [img] * 3
     if mode == "I":  # 32-bit integers: Pillow's form of 16-bit PNGs in some versions, else no known range
         array = np.asarray(img)
         if array.min() < 0 or array.max() > 65535:
-            raise InputError(f"{path} holds 32-bit integer pixels up to {array.max()}; hyinf reads 8- and 16-bit images: convert it")
+            raise InputError(
+                f"{path} holds 32-bit integer pixels up to {array.max()}; hyinf reads 8- and 16-bit images: convert it"
+            )
         return [Image.fromarray(array.astype(np.float32) / 65535.0, mode="F")] * 3
     try:
         rgb = img.convert("RGB")
     except (ValueError, OSError):
-        raise InputError(f"{path} is in colour mode {mode}, which cannot be converted to RGB; save it as RGB") from None
+        raise InputError(
+            f"{path} is in colour mode {mode}, which cannot be converted to RGB; save it as RGB"
+        ) from None
     return [Image.fromarray(np.asarray(band, dtype=np.float32) / 255.0, mode="F") for band in rgb.split()]
 
 
@@ -56,16 +62,20 @@ def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise InputError(f"{path} is {img.width}x{img.height} ({img.width * img.height / 1e6:.0f} megapixels), "
-                                     f"over the {MAX_PIXELS / 1e6:.0f}-megapixel limit that guards against decompression bombs; "
-                                     "downscale it first")
+                    raise InputError(
+                        f"{path} is {img.width}x{img.height} ({img.width * img.height / 1e6:.0f} megapixels), "
+                        f"over the {MAX_PIXELS / 1e6:.0f}-megapixel limit that guards against decompression bombs; "
+                        "downscale it first"
+                    )
                 shown = ImageOps.exif_transpose(img)
                 planes = _planes(shown, path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "more pixels"
-        raise InputError(f"{path} decodes to {size}, over the {MAX_PIXELS / 1e6:.0f}-megapixel limit that guards "
-                         "against decompression bombs; downscale it first") from None
+        raise InputError(
+            f"{path} decodes to {size}, over the {MAX_PIXELS / 1e6:.0f}-megapixel limit that guards "
+            "against decompression bombs; downscale it first"
+        ) from None
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image Pillow can read (PNG, JPEG, TIFF, ...)") from None
     except OSError as e:

@@ -30,7 +30,9 @@ class Outcome:
 
 
 def _opset(model: onnx.ModelProto) -> int:
-    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), onnx.defs.onnx_opset_version())
+    return next(
+        (i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), onnx.defs.onnx_opset_version()
+    )
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -38,7 +40,9 @@ def _attrs(node: onnx.NodeProto) -> dict:
 
 
 def _array(value) -> np.ndarray:
-    return np.array(onnx.numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value, copy=True)
+    return np.array(
+        onnx.numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value, copy=True
+    )
 
 
 def run_case(case) -> list[Outcome]:
@@ -65,7 +69,9 @@ def run_case(case) -> list[Outcome]:
             continue
         wanted = [o for o in node.output if o]
         if len(outs) < len(wanted):  # as on import: the node then runs on the reference implementation
-            outcomes.append(Outcome(case.name, node.op_type, "declined", f"gives {len(outs)} of {len(wanted)} outputs"))
+            outcomes.append(
+                Outcome(case.name, node.op_type, "declined", f"gives {len(outs)} of {len(wanted)} outputs")
+            )
             continue
         problems = []
         for i, want in enumerate(expected[: len(wanted)]):
@@ -76,10 +82,17 @@ def run_case(case) -> list[Outcome]:
             want = _array(want)
             if got.shape != want.shape:
                 problems.append(f"output {i} shape {got.shape} != {want.shape}")
-            elif not np.allclose(got.astype(np.float64), want.astype(np.float64), rtol=max(case.rtol, 1e-5), atol=max(case.atol, 1e-6),
-                             equal_nan=True):
+            elif not np.allclose(
+                got.astype(np.float64),
+                want.astype(np.float64),
+                rtol=max(case.rtol, 1e-5),
+                atol=max(case.atol, 1e-6),
+                equal_nan=True,
+            ):
                 problems.append(f"output {i} off by {np.nanmax(np.abs(got.astype(np.float64) - want)):.3g}")
-        outcomes.append(Outcome(case.name, node.op_type, "failed" if problems else "passed", "; ".join(problems)))
+        outcomes.append(
+            Outcome(case.name, node.op_type, "failed" if problems else "passed", "; ".join(problems))
+        )
     return outcomes
 
 
@@ -87,8 +100,14 @@ def cases() -> list:
     with warnings.catch_warnings(), np.errstate(all="ignore"):  # the generators' own overflow warnings
         warnings.simplefilter("ignore")
         every = collect_testcases()
-    return [c for c in every if c.kind == "node" and len(c.model.graph.node) == 1
-            and c.model.graph.node[0].op_type in OPS and c.model.graph.node[0].domain in ("", "ai.onnx")]
+    return [
+        c
+        for c in every
+        if c.kind == "node"
+        and len(c.model.graph.node) == 1
+        and c.model.graph.node[0].op_type in OPS
+        and c.model.graph.node[0].domain in ("", "ai.onnx")
+    ]
 
 
 def run_all() -> list[Outcome]:
@@ -97,8 +116,10 @@ def run_all() -> list[Outcome]:
 
 if __name__ == "__main__":
     outcomes = run_all()
-    print(f"{len({o.case for o in outcomes})} cases of {len({o.op for o in outcomes})} operators, {len(outcomes)} data sets:",
-          dict(Counter(o.result for o in outcomes)))
+    print(
+        f"{len({o.case for o in outcomes})} cases of {len({o.op for o in outcomes})} operators, {len(outcomes)} data sets:",
+        dict(Counter(o.result for o in outcomes)),
+    )
     print("| operator | passed | declined (run on the reference) | out of scope | failed |")
     print("|---|---|---|---|---|")
     for op in sorted({o.op for o in outcomes}):

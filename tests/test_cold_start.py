@@ -18,13 +18,16 @@ def _loaded_after(code: str) -> set[str]:
     return set(filter(None, line.removeprefix("LOADED:").split(",")))
 
 
-@pytest.mark.parametrize("code", [
-    "import hyinf",
-    "import hyinf; hyinf.__version__",
-    "from hyinf.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
-    "from hyinf.cli import main\ntry:\n    main(['explain', '--help'])\nexcept SystemExit:\n    pass",
-    "from hyinf.cli import main\ntry:\n    main(['plans', 'list', '--help'])\nexcept SystemExit:\n    pass",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import hyinf",
+        "import hyinf; hyinf.__version__",
+        "from hyinf.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+        "from hyinf.cli import main\ntry:\n    main(['explain', '--help'])\nexcept SystemExit:\n    pass",
+        "from hyinf.cli import main\ntry:\n    main(['plans', 'list', '--help'])\nexcept SystemExit:\n    pass",
+    ],
+)
 def test_nothing_heavy_is_imported(code: str) -> None:
     assert _loaded_after(code) == set()
 
@@ -34,6 +37,15 @@ def test_public_names_still_resolve() -> None:
     import hyinf.explain  # the submodule import must not hide the function of the same name
 
     assert callable(hyinf.explain) and hyinf.explain.__module__ == "hyinf.explain"
-    assert {"Occlusion", "PlanDocument", "HyinfError", "Mode", "Plan", "Quality", "Explanation", "Approximation"} <= set(dir(hyinf))
+    assert {
+        "Occlusion",
+        "PlanDocument",
+        "HyinfError",
+        "Mode",
+        "Plan",
+        "Quality",
+        "Explanation",
+        "Approximation",
+    } <= set(dir(hyinf))
     with pytest.raises(AttributeError):
         hyinf.no_such_name  # noqa: B018

@@ -27,22 +27,42 @@ from hyinf.planner.select import make_plan
 from hyinf.profiler.machine import fingerprint
 
 # HYINF_FUZZ_EXAMPLES=2000 hunts longer (1,500 per property found nothing more).
-BOUNDED = settings(max_examples=int(os.environ.get("HYINF_FUZZ_EXAMPLES", 80)), deadline=timedelta(seconds=10), suppress_health_check=[HealthCheck.too_slow])
+BOUNDED = settings(
+    max_examples=int(os.environ.get("HYINF_FUZZ_EXAMPLES", 80)),
+    deadline=timedelta(seconds=10),
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
 
 
 PROGRAM = trace_torch(_model(), (1, 3, 16, 16))
 GRID = OcclusionGrid.make((16, 16), 4, 4)
-PLAN = json.loads(make_plan(PROGRAM.graph, GRID, fingerprint(torch.device("cpu")), model_name="fuzz", db=None).to_json())
+PLAN = json.loads(
+    make_plan(PROGRAM.graph, GRID, fingerprint(torch.device("cpu")), model_name="fuzz", db=None).to_json()
+)
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _paths(value, prefix=()):
@@ -91,7 +111,9 @@ def test_mutated_plan_documents_give_plan_errors_only(body) -> None:
         plan_line(dict(document.body))  # what `hyinf plans list` and `plans import` print of it
         assert document.device.description
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PlanWarning)  # a mutated device or backend: warned of, not an error
+            warnings.simplefilter(
+                "ignore", PlanWarning
+            )  # a mutated device or backend: warned of, not an error
             document.bind(PROGRAM.graph, GRID, fingerprint(torch.device("cpu")))
     except PlanError:
         pass
@@ -108,27 +130,60 @@ def test_arbitrary_bytes_as_a_plan(data) -> None:
 
 def _onnx_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
-    init = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
-            numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "F")]
-    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], strides=[1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("GlobalAveragePool", ["p"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "F"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], init)
+    init = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "F"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], strides=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "F"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fuzz",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        init,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
 ONNX = _onnx_model()
 ONNX_BYTES = ONNX.SerializeToString()
-OP_TYPES = ["Conv", "Relu", "MaxPool", "AveragePool", "Softmax", "Unsqueeze", "Squeeze", "Reshape", "Pad", "Clip", "Concat",
-            "Split", "Slice", "Gemm", "MatMul", "Add", "Identity", "Wobble", "Resize", "BatchNormalization", "Transpose"]
+OP_TYPES = [
+    "Conv",
+    "Relu",
+    "MaxPool",
+    "AveragePool",
+    "Softmax",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Pad",
+    "Clip",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Identity",
+    "Wobble",
+    "Resize",
+    "BatchNormalization",
+    "Transpose",
+]
 
 
 @BOUNDED
-@given(st.lists(st.tuples(st.integers(0, len(ONNX_BYTES) - 1), st.integers(0, 255)), min_size=1, max_size=8), st.integers(1, len(ONNX_BYTES)))
+@given(
+    st.lists(st.tuples(st.integers(0, len(ONNX_BYTES) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    st.integers(1, len(ONNX_BYTES)),
+)
 def test_byte_mutated_onnx_gives_model_errors_only(flips, keep) -> None:
     data = bytearray(ONNX_BYTES[:keep])
     for at, value in flips:
@@ -156,7 +211,9 @@ def mutated_graphs(draw):
             elif attr.type == onnx.AttributeProto.INT:
                 attr.i = draw(st.integers(-3, 6))
         elif change == "input" and node.input:
-            node.input[draw(st.integers(0, len(node.input) - 1))] = draw(st.sampled_from(["x", "c", "r", "W", "", "nowhere"]))
+            node.input[draw(st.integers(0, len(node.input) - 1))] = draw(
+                st.sampled_from(["x", "c", "r", "W", "", "nowhere"])
+            )
         elif change == "dim":
             dims = proto.graph.input[0].type.tensor_type.shape.dim
             dims[draw(st.integers(0, 3))].dim_value = draw(st.integers(0, 40))

@@ -44,7 +44,9 @@ def test_eight_bit_rgb_is_unchanged(tmp_path) -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
     path = tmp_path / "rgb.png"
     Image.fromarray(rgb).save(path)
-    torch.testing.assert_close(load_image(path, (12, 16)), torch.from_numpy(rgb / 255.0).float().permute(2, 0, 1))
+    torch.testing.assert_close(
+        load_image(path, (12, 16)), torch.from_numpy(rgb / 255.0).float().permute(2, 0, 1)
+    )
 
 
 def test_exif_orientation_is_applied(tmp_path) -> None:
@@ -60,12 +62,15 @@ def test_exif_orientation_is_applied(tmp_path) -> None:
     assert pixels[0, 0, -1] > 0.5 and pixels[0, 0, 0] < 0.5  # shown: the corner is now top-right
 
 
-@pytest.mark.parametrize(("make", "words"), [
-    (lambda p: p.mkdir(), "is a directory"),
-    (lambda p: os.mkfifo(p), "not a regular file"),
-    (lambda p: p.write_bytes(b"not an image at all"), "not an image Pillow can read"),
-    (lambda p: None, "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: os.mkfifo(p), "not a regular file"),
+        (lambda p: p.write_bytes(b"not an image at all"), "not an image Pillow can read"),
+        (lambda p: None, "does not exist"),
+    ],
+)
 def test_paths_that_are_not_images(tmp_path, make, words) -> None:
     path = tmp_path / "thing.png"
     make(path)

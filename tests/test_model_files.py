@@ -24,12 +24,19 @@ class _Marker:
         self.marker, self.tensor = marker, tensor
 
     def __reduce__(self):
-        return (eval, (f"(open({str(self.marker)!r}, 'w').write('ran'), __import__('torch').nn.Parameter(__import__('torch').tensor({self.tensor.tolist()})))[1]",))
+        return (
+            eval,
+            (
+                f"(open({str(self.marker)!r}, 'w').write('ran'), __import__('torch').nn.Parameter(__import__('torch').tensor({self.tensor.tolist()})))[1]",
+            ),
+        )
 
 
 def _tiny() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
 
 
 def _saved(tmp_path: Path) -> Path:
@@ -62,6 +69,7 @@ def _pickled_weight(marker: Path):
         torch.save(_Marker(marker, weight), buffer)
         members[f"data/weights/{meta['path_name']}"] = buffer.getvalue()
         members[config_name] = json.dumps(config).encode()
+
     return edit
 
 
@@ -81,7 +89,9 @@ def test_the_crafted_pickle_runs_when_torch_loads_it(tmp_path) -> None:
 
 def _symbolic_shape(members: dict[str, bytes]) -> None:
     program = json.loads(members["models/model.json"])
-    program["graph_module"]["graph"]["sym_int_values"] = {"s0": {"as_expr": {"expr_str": "__import__('os').getcwd()"}}}
+    program["graph_module"]["graph"]["sym_int_values"] = {
+        "s0": {"as_expr": {"expr_str": "__import__('os').getcwd()"}}
+    }
     members["models/model.json"] = json.dumps(program).encode()
 
 
@@ -107,14 +117,17 @@ def _pickled_sample_inputs(members: dict[str, bytes]) -> None:
     members["data/sample_inputs/model.pt"] = pickle.dumps(eval)
 
 
-@pytest.mark.parametrize(("edit", "words"), [
-    (_symbolic_shape, "not a shape symbol"),
-    (_torch_target, "torch.hub.load"),
-    (_shared_library, "compiled code"),
-    (_opaque_constant, "Python object"),
-    (_legacy_state_dict, "pickled state dict"),
-    (_pickled_sample_inputs, "sample inputs"),
-])
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (_symbolic_shape, "not a shape symbol"),
+        (_torch_target, "torch.hub.load"),
+        (_shared_library, "compiled code"),
+        (_opaque_constant, "Python object"),
+        (_legacy_state_dict, "pickled state dict"),
+        (_pickled_sample_inputs, "sample inputs"),
+    ],
+)
 def test_archives_that_could_run_code_are_refused(tmp_path, edit, words) -> None:
     with pytest.raises(ModelError, match=words):
         load_model(str(_rewrite(_saved(tmp_path), edit)))
@@ -132,7 +145,11 @@ def test_a_pickled_weight_is_refused_before_it_runs(tmp_path, command) -> None:
     from PIL import Image
 
     Image.new("RGB", (16, 16)).save(image)
-    args = ["explain", str(crafted), str(image), "--out", str(tmp_path / "out")] if command == "explain" else ["plan", str(crafted), "--db", str(tmp_path / "db.sqlite")]
+    args = (
+        ["explain", str(crafted), str(image), "--out", str(tmp_path / "out")]
+        if command == "explain"
+        else ["plan", str(crafted), "--db", str(tmp_path / "db.sqlite")]
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code != 0
     assert "stored as a pickle" in result.output and "Traceback" not in result.output

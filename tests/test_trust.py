@@ -35,7 +35,9 @@ class ClampsItsInput(nn.Module):
 
 
 def test_an_in_place_clamp_of_the_input_is_computed_as_eager_pytorch_does() -> None:
-    image = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(1)) * 3  # most pixels outside [-1, 1]
+    image = (
+        torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(1)) * 3
+    )  # most pixels outside [-1, 1]
     before = image.clone()
     reference = assert_matches_naive(ClampsItsInput(), image, plans=2, patch=PATCH, stride=STRIDE)
     assert torch.equal(image, before), "the caller's image was written into"
@@ -111,15 +113,18 @@ class MixesTheBatch(nn.Module):
         return x.mean((2, 3)) - x.mean((0, 2, 3))
 
 
-@pytest.mark.parametrize(("model", "words"), [
-    (WritesIntoAView(), "shares memory"),
-    (AssignsIntoPart(), "assigns into part of a tensor"),
-    (ChangesItsWeights(), "state it changes on every call"),
-    (ChangesItsParameter(), "changes its own weights"),  # fx runs the buffer's add_ while tracing
-    (Random(), "different outputs for the same image"),
-    (NaNWeights(), "NaN or infinite"),
-    (DiffersWhenTraced(), "differs from the model run eagerly"),
-])
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        (WritesIntoAView(), "shares memory"),
+        (AssignsIntoPart(), "assigns into part of a tensor"),
+        (ChangesItsWeights(), "state it changes on every call"),
+        (ChangesItsParameter(), "changes its own weights"),  # fx runs the buffer's add_ while tracing
+        (Random(), "different outputs for the same image"),
+        (NaNWeights(), "NaN or infinite"),
+        (DiffersWhenTraced(), "differs from the model run eagerly"),
+    ],
+)
 @pytest.mark.parametrize("mode", ["hybrid", "incremental", "full"])
 def test_models_hyinf_cannot_reproduce_are_refused_with_their_cause(model, words, mode) -> None:
     with pytest.raises(ModelError, match=words):
@@ -143,13 +148,30 @@ def test_a_model_returning_a_tuple_is_refused_in_naive_mode() -> None:
 
 # ---- ONNX ----------------------------------------------------------------------------------------
 
-def _conv_relu(opset: int, tail: list[onnx.NodeProto], out_shape: list[int], input_type: int = TensorProto.FLOAT,
-               head: list[onnx.NodeProto] | None = None, first: str = "x") -> onnx.ModelProto:
+
+def _conv_relu(
+    opset: int,
+    tail: list[onnx.NodeProto],
+    out_shape: list[int],
+    input_type: int = TensorProto.FLOAT,
+    head: list[onnx.NodeProto] | None = None,
+    first: str = "x",
+) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     weights = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W")
-    nodes = [*(head or []), helper.make_node("Conv", [first, "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]), *tail]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", input_type, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], [weights])
+    nodes = [
+        *(head or []),
+        helper.make_node("Conv", [first, "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        *tail,
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", input_type, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [weights],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -163,22 +185,45 @@ def _ort_scores(proto: onnx.ModelProto, image: np.ndarray, target: int, fill: fl
     for top in range(0, 13, STRIDE):
         for left in range(0, 13, STRIDE):
             occluded = image.copy()
-            occluded[..., top:top + PATCH, left:left + PATCH] = fill
+            occluded[..., top : top + PATCH, left : left + PATCH] = fill
             scores.append(float(_ort(proto, occluded).reshape(-1)[target]))
     return torch.tensor(scores).reshape(4, 4)
 
 
 OLD_OPSETS = {
     # before opset 13, Softmax flattens everything from axis 1 on: one distribution over the whole map
-    "softmax-11": (11, [helper.make_node("Softmax", ["r"], ["s"]), helper.make_node("ReduceSum", ["s"], ["y"], axes=[2, 3], keepdims=0)]),
-    "log-softmax-12": (12, [helper.make_node("LogSoftmax", ["r"], ["s"]), helper.make_node("ReduceMean", ["s"], ["y"], axes=[2, 3], keepdims=0)]),
+    "softmax-11": (
+        11,
+        [
+            helper.make_node("Softmax", ["r"], ["s"]),
+            helper.make_node("ReduceSum", ["s"], ["y"], axes=[2, 3], keepdims=0),
+        ],
+    ),
+    "log-softmax-12": (
+        12,
+        [
+            helper.make_node("LogSoftmax", ["r"], ["s"]),
+            helper.make_node("ReduceMean", ["s"], ["y"], axes=[2, 3], keepdims=0),
+        ],
+    ),
     # axes as attributes (opset 9), which the reference fallback once read with opset-13 meaning and crashed on
-    "unsqueeze-9": (9, [helper.make_node("Unsqueeze", ["r"], ["u"], axes=[1]),
-                        helper.make_node("ReduceMean", ["u"], ["m"], axes=[3, 4], keepdims=0),
-                        helper.make_node("Squeeze", ["m"], ["y"], axes=[1])]),
-    "clip-pad-10": (10, [helper.make_node("Pad", ["r"], ["p"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=0.25),
-                         helper.make_node("Clip", ["p"], ["cl"], min=0.1, max=0.9),
-                         helper.make_node("GlobalAveragePool", ["cl"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]),
+    "unsqueeze-9": (
+        9,
+        [
+            helper.make_node("Unsqueeze", ["r"], ["u"], axes=[1]),
+            helper.make_node("ReduceMean", ["u"], ["m"], axes=[3, 4], keepdims=0),
+            helper.make_node("Squeeze", ["m"], ["y"], axes=[1]),
+        ],
+    ),
+    "clip-pad-10": (
+        10,
+        [
+            helper.make_node("Pad", ["r"], ["p"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=0.25),
+            helper.make_node("Clip", ["p"], ["cl"], min=0.1, max=0.9),
+            helper.make_node("GlobalAveragePool", ["cl"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["y"]),
+        ],
+    ),
 }
 
 
@@ -195,8 +240,10 @@ def test_older_opsets_keep_their_meaning(case, mode) -> None:
 
 
 def test_a_uint8_input_is_fed_pixels_0_to_255(tmp_path) -> None:
-    head = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
-            helper.make_node("Sub", ["xf", "mid"], ["centred"])]
+    head = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["xf", "mid"], ["centred"]),
+    ]
     tail = [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
     proto = _conv_relu(13, tail, [1, 4], TensorProto.UINT8, head, first="centred")
     proto.graph.initializer.append(numpy_helper.from_array(np.array(127.5, dtype=np.float32), "mid"))
@@ -215,33 +262,63 @@ def test_a_uint8_input_is_fed_pixels_0_to_255(tmp_path) -> None:
 
 
 def test_a_uint8_input_read_without_a_cast_is_refused() -> None:
-    proto = _conv_relu(13, [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])],
-                       [1, 4], TensorProto.UINT8, [helper.make_node("Identity", ["x"], ["xi"])], first="xi")
+    proto = _conv_relu(
+        13,
+        [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])],
+        [1, 4],
+        TensorProto.UINT8,
+        [helper.make_node("Identity", ["x"], ["xi"])],
+        first="xi",
+    )
     with pytest.raises(ModelError, match="uint8 input 'x' is read by Identity"):
         hyinf.explain(proto, torch.rand(3, 16, 16), patch=PATCH, stride=STRIDE)
 
 
 def test_a_custom_domain_operator_is_refused_in_one_line() -> None:
-    proto = _conv_relu(13, [helper.make_node("Wobble", ["r"], ["w"], domain="org.example"),
-                            helper.make_node("GlobalAveragePool", ["w"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])], [1, 4])
+    proto = _conv_relu(
+        13,
+        [
+            helper.make_node("Wobble", ["r"], ["w"], domain="org.example"),
+            helper.make_node("GlobalAveragePool", ["w"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["y"]),
+        ],
+        [1, 4],
+    )
     proto.opset_import.append(helper.make_opsetid("org.example", 1))
-    with pytest.raises(ModelError, match=r"operator org.example.Wobble \(node 'w'\) is one hyinf, ONNX's reference"):
+    with pytest.raises(
+        ModelError, match=r"operator org.example.Wobble \(node 'w'\) is one hyinf, ONNX's reference"
+    ):
         hyinf.explain(proto, torch.rand(3, 16, 16), patch=PATCH, stride=STRIDE)
 
 
 def test_an_operator_only_onnx_runtime_knows_runs_there() -> None:
     """com.microsoft.Gelu has no torch form and no reference implementation: ONNX Runtime runs the node."""
-    proto = _conv_relu(13, [helper.make_node("Gelu", ["r"], ["w"], domain="com.microsoft"),
-                            helper.make_node("GlobalAveragePool", ["w"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])], [1, 4])
+    proto = _conv_relu(
+        13,
+        [
+            helper.make_node("Gelu", ["r"], ["w"], domain="com.microsoft"),
+            helper.make_node("GlobalAveragePool", ["w"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["y"]),
+        ],
+        [1, 4],
+    )
     proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(4))
     expected = _ort_scores(proto, image[None].numpy(), 0)
     for mode in ("naive", "hybrid"):
-        assert_close_to(expected, hyinf.explain(proto, image, patch=PATCH, stride=STRIDE, target=0, mode=mode).scores, mode)
+        assert_close_to(
+            expected,
+            hyinf.explain(proto, image, patch=PATCH, stride=STRIDE, target=0, mode=mode).scores,
+            mode,
+        )
 
 
 def test_nhwc_input_is_refused() -> None:
-    proto = _conv_relu(13, [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])], [1, 4])
+    proto = _conv_relu(
+        13,
+        [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])],
+        [1, 4],
+    )
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     for dim, size in zip(dims, (1, 16, 16, 3)):
         dim.dim_value = size
@@ -255,7 +332,11 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path, location) 
     folder.mkdir()
     (tmp_path / "outside.bin").write_bytes(np.zeros(108, np.float32).tobytes())
     (folder / "link.bin").symlink_to(tmp_path / "outside.bin")
-    proto = _conv_relu(13, [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])], [1, 4])
+    proto = _conv_relu(
+        13,
+        [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])],
+        [1, 4],
+    )
     weight = proto.graph.initializer[0]
     weight.ClearField("raw_data")
     weight.ClearField("float_data")
@@ -268,16 +349,25 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path, location) 
 
 
 def test_external_data_beside_the_model_loads(tmp_path) -> None:
-    proto = _conv_relu(13, [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])], [1, 4])
+    proto = _conv_relu(
+        13,
+        [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])],
+        [1, 4],
+    )
     image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
     expected = _ort_scores(proto, image[None].numpy(), 3)
     path = tmp_path / "m.onnx"
     onnx.save_model(proto, str(path), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
     assert (tmp_path / "m.onnx.data").exists()
-    assert_close_to(expected, hyinf.explain(str(path), image, patch=PATCH, stride=STRIDE, target=3).scores, "external data")
+    assert_close_to(
+        expected,
+        hyinf.explain(str(path), image, patch=PATCH, stride=STRIDE, target=3).scores,
+        "external data",
+    )
 
 
 # ---- bounded work --------------------------------------------------------------------------------
+
 
 def test_an_image_too_large_for_the_machine_is_refused_before_tracing() -> None:
     import time
@@ -286,17 +376,26 @@ def test_an_image_too_large_for_the_machine_is_refused_before_tracing() -> None:
 
     model = torchvision.models.resnet18(weights=None).eval()
     start = time.perf_counter()
-    with pytest.raises(hyinf.HyinfError, match=r"8000x8000 image needs about .* GiB .* GiB free; 998,001 positions.*--max-memory"):
+    with pytest.raises(
+        hyinf.HyinfError,
+        match=r"8000x8000 image needs about .* GiB .* GiB free; 998,001 positions.*--max-memory",
+    ):
         hyinf.explain(model, torch.zeros(3, 8000, 8000), patch=16, stride=8)
     assert time.perf_counter() - start < 20  # refused from shapes alone: tracing took minutes and 15 GB
 
 
 def test_an_onnx_import_too_large_for_the_machine_is_refused() -> None:
-    proto = _conv_relu(13, [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])], [1, 4])
+    proto = _conv_relu(
+        13,
+        [helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])],
+        [1, 4],
+    )
     for dim in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
         dim.ClearField("dim_value")
         dim.dim_param = "side"
-    with pytest.raises(hyinf.HyinfError, match=r"importing the ONNX model for 60000x60000 images needs about"):
+    with pytest.raises(
+        hyinf.HyinfError, match=r"importing the ONNX model for 60000x60000 images needs about"
+    ):
         from hyinf.graph.onnx_frontend import load_onnx
 
         load_onnx(proto, (60000, 60000))

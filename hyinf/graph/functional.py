@@ -21,15 +21,64 @@ from hyinf.errors import ModelError
 from hyinf.graph.torch_ops import op_name
 
 #: Calls whose result may share memory with their first argument: a write through either is seen by both.
-VIEWS = frozenset({
-    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "permute",
-    "t", "T", "mT", "expand", "expand_as", "narrow", "select", "getitem", "chunk", "split", "unbind", "tensor_split",
-    "as_strided", "diagonal", "detach", "movedim", "moveaxis", "swapaxes", "swapdims", "contiguous", "alias", "real",
-    "imag", "data", "unfold", "_unsafe_view", "view_copy", "dropout", "identity", "to", "type_as", "float",
-})
+VIEWS = frozenset(
+    {
+        "view",
+        "view_as",
+        "reshape",
+        "reshape_as",
+        "flatten",
+        "unflatten",
+        "squeeze",
+        "unsqueeze",
+        "transpose",
+        "permute",
+        "t",
+        "T",
+        "mT",
+        "expand",
+        "expand_as",
+        "narrow",
+        "select",
+        "getitem",
+        "chunk",
+        "split",
+        "unbind",
+        "tensor_split",
+        "as_strided",
+        "diagonal",
+        "detach",
+        "movedim",
+        "moveaxis",
+        "swapaxes",
+        "swapdims",
+        "contiguous",
+        "alias",
+        "real",
+        "imag",
+        "data",
+        "unfold",
+        "_unsafe_view",
+        "view_copy",
+        "dropout",
+        "identity",
+        "to",
+        "type_as",
+        "float",
+    }
+)
 #: Modules that may return their input itself (dropout in eval mode) or a view of it.
-_VIEW_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-                 nn.Flatten, nn.Unflatten)
+_VIEW_MODULES = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.Flatten,
+    nn.Unflatten,
+)
 _FIX = "use mode='naive' (--mode naive), or make forward() write out of place"
 
 
@@ -38,7 +87,9 @@ def _inplace_flag(n: fx.Node, gm: fx.GraphModule) -> bool:
     Dropout writes nothing in eval mode, in which hyinf evaluates models."""
     if n.op == "call_module":
         module = gm.get_submodule(str(n.target))
-        return getattr(module, "inplace", False) is True and not isinstance(module, nn.modules.dropout._DropoutNd)
+        return getattr(module, "inplace", False) is True and not isinstance(
+            module, nn.modules.dropout._DropoutNd
+        )
     if n.op != "call_function" or not callable(n.target):
         return False
     try:
@@ -55,10 +106,14 @@ def _writes_first(n: fx.Node, gm: fx.GraphModule) -> bool:
         return name.endswith("_") and not name.startswith("_")
     if n.op == "call_function":
         if n.target is operator.setitem:
-            raise ModelError(f"the model assigns into part of a tensor ({n.format_node()}), which hyinf cannot evaluate "
-                             f"piecewise; {_FIX}")
+            raise ModelError(
+                f"the model assigns into part of a tensor ({n.format_node()}), which hyinf cannot evaluate "
+                f"piecewise; {_FIX}"
+            )
         name = getattr(n.target, "__name__", "")
-        if n.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv) or (name.endswith("_") and not name.startswith("_")):
+        if n.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv) or (
+            name.endswith("_") and not name.startswith("_")
+        ):
             return True
     return _inplace_flag(n, gm)
 
@@ -77,7 +132,9 @@ def functionalize(gm: fx.GraphModule) -> None:
         if n.op not in ("call_function", "call_method", "call_module"):
             continue
         if "out" in n.kwargs:
-            raise ModelError(f"the model writes a result into an existing tensor (out=) at {n.format_node()}; {_FIX}")
+            raise ModelError(
+                f"the model writes a result into an existing tensor (out=) at {n.format_node()}; {_FIX}"
+            )
         if not _writes_first(n, gm):
             continue
         first: Any = n.args[0] if n.args else None
@@ -85,13 +142,21 @@ def functionalize(gm: fx.GraphModule) -> None:
             continue
         what = f"{n.format_node()} writes in place into"
         if first.op == "get_attr":
-            raise ModelError(f"the model changes its own weights while it runs ({what} {first.target}); {_FIX}")
+            raise ModelError(
+                f"the model changes its own weights while it runs ({what} {first.target}); {_FIX}"
+            )
         if n.op == "call_method" and not hasattr(torch.Tensor, str(n.target)[:-1]):
             raise ModelError(f"{what} {first.name} and has no out-of-place form hyinf can run; {_FIX}")
         aliases = [u for u in first.users if u is not n and _shares_memory(u, gm)]
         if _shares_memory(first, gm) or aliases:
-            seen = first.args[0].name if _shares_memory(first, gm) and isinstance(first.args[0], fx.Node) else aliases[0].name
-            raise ModelError(f"the model overwrites a value in place that another shares memory with ({what} {first.name}, "
-                             f"which shares memory with {seen}), which hyinf cannot evaluate piecewise; {_FIX}")
+            seen = (
+                first.args[0].name
+                if _shares_memory(first, gm) and isinstance(first.args[0], fx.Node)
+                else aliases[0].name
+            )
+            raise ModelError(
+                f"the model overwrites a value in place that another shares memory with ({what} {first.name}, "
+                f"which shares memory with {seen}), which hyinf cannot evaluate piecewise; {_FIX}"
+            )
         first.replace_all_uses_with(n, delete_user_cb=lambda user: order[user] > order[n])
     gm.recompile()

@@ -28,19 +28,61 @@ _ALLOWED_DIRS = ("models/", "data/weights/", "data/constants/", "data/sample_inp
 _ALLOWED_FILES = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
 # Symbolic shapes are parsed by sympy.sympify (an eval): only symbols, integers, arithmetic and the
 # shape functions torch's deserializer itself provides may appear.
-_SYMPY_FUNCTIONS = {"FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
-                    "CeilDiv", "LShift", "RShift", "IntTrueDiv", "FloatTrueDiv", "ToFloat", "TruncToInt", "Max", "Min"}
+_SYMPY_FUNCTIONS = {
+    "FloorDiv",
+    "ModularIndexing",
+    "Where",
+    "PythonMod",
+    "Mod",
+    "CleanDiv",
+    "CeilToInt",
+    "FloorToInt",
+    "CeilDiv",
+    "LShift",
+    "RShift",
+    "IntTrueDiv",
+    "FloatTrueDiv",
+    "ToFloat",
+    "TruncToInt",
+    "Max",
+    "Min",
+}
 _EXPR_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|\d+(?:\.\d+)?|\*\*|//|[-+*/%(),<>=!]=?)")
 _SYMBOL = re.compile(r"[a-z]\d+")
 # Python callables a graph may name besides torch operators: plain arithmetic and item access.
-_OPERATORS = {"getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "abs",
-              "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "invert", "lshift", "rshift"}
+_OPERATORS = {
+    "getitem",
+    "add",
+    "sub",
+    "mul",
+    "truediv",
+    "floordiv",
+    "mod",
+    "pow",
+    "neg",
+    "pos",
+    "abs",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and_",
+    "or_",
+    "not_",
+    "invert",
+    "lshift",
+    "rshift",
+}
 _OP_TARGET = re.compile(r"torch\.ops\.(aten|prims|higher_order)\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?")
 
 
 def _refuse(path: Path, why: str) -> ModelError:
-    return ModelError(f"{path} is refused: {why}. hyinf never runs code from a model file; "
-                      "export the model again with torch.export.save (plain tensor weights) or give it as ONNX")
+    return ModelError(
+        f"{path} is refused: {why}. hyinf never runs code from a model file; "
+        "export the model again with torch.export.save (plain tensor weights) or give it as ONNX"
+    )
 
 
 def _members(archive: zipfile.ZipFile, path: Path) -> dict[str, str]:
@@ -92,7 +134,11 @@ def _check_payload_config(config: Any, directory: str, path: Path) -> None:
     if not isinstance(entries, dict):
         raise _refuse(path, f"its {directory} index is malformed")
     for name, meta in entries.items():
-        if not isinstance(meta, dict) or meta.get("use_pickle") is not False or not isinstance(meta.get("tensor_meta"), dict):
+        if (
+            not isinstance(meta, dict)
+            or meta.get("use_pickle") is not False
+            or not isinstance(meta.get("tensor_meta"), dict)
+        ):
             raise _refuse(path, f"{name!r} is stored as a pickle, which can run code when loaded")
         if not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
             raise _refuse(path, f"{name!r} is stored as a Python object, not a tensor")
@@ -107,11 +153,16 @@ def _check(data: bytes, path: Path) -> None:
         members = _members(archive, path)
         for name in members:
             if name not in _ALLOWED_FILES and not name.startswith(_ALLOWED_DIRS):
-                raise _refuse(path, f"it holds {name}, which is not part of a plain exported program (compiled code?)")
+                raise _refuse(
+                    path, f"it holds {name}, which is not part of a plain exported program (compiled code?)"
+                )
             if name.startswith(_PAYLOADS) and name.endswith(".pt"):
                 raise _refuse(path, f"its {name} is a pickled state dict (an older archive format)")
         if "archive_version" not in members or "models/model.json" not in members:
-            raise _refuse(path, "it is not a torch.export archive of this torch version (no archive_version or models/model.json)")
+            raise _refuse(
+                path,
+                "it is not a torch.export archive of this torch version (no archive_version or models/model.json)",
+            )
         for name, full in members.items():
             if name.startswith(_PAYLOADS) and name.endswith("_config.json"):
                 _check_payload_config(_json(archive.read(full), name, path), name.split("/")[1], path)

@@ -37,14 +37,18 @@ class _Bytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
-        self.total += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        self.total += sum(
+            t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)
+        )
         return out
 
 
 def estimate_torch(model: nn.Module, shape: tuple[int, ...]) -> Estimate | None:
     """The model's activations and FLOPs for one (1, C, H, W) image, from a run on meta tensors; None
     where the model cannot run on them (it builds tensors of its own on a real device)."""
-    state = {k: torch.empty_like(v, device="meta") for k, v in (*model.named_parameters(), *model.named_buffers())}
+    state = {
+        k: torch.empty_like(v, device="meta") for k, v in (*model.named_parameters(), *model.named_buffers())
+    }
     counted, flops = _Bytes(), FlopCounterMode(display=False)
     try:
         with torch.no_grad(), flops, counted:
@@ -68,13 +72,25 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_fits(activation_bytes: int, device: torch.device, what: str, positions: int | None = None, flops: int | None = None) -> None:
+def check_fits(
+    activation_bytes: int,
+    device: torch.device,
+    what: str,
+    positions: int | None = None,
+    flops: int | None = None,
+) -> None:
     """Refuse, with the numbers, a run whose clean-image activations (held about HELD times) exceed free memory."""
     need, free = HELD * activation_bytes, available_memory(device)
     if need <= free:
         return
     work = f"; {positions:,} positions" if positions is not None else ""
-    work += f", {positions * flops / 1e12:,.0f} TFLOP by naive re-inference" if positions is not None and flops else ""
-    raise SettingsError(f"{what} needs about {need / 2**30:,.1f} GiB for the clean image's activations ({HELD} x "
-                        f"{activation_bytes / 2**30:,.1f} GiB) but {device.type} has {free / 2**30:,.1f} GiB free{work}: "
-                        "use a smaller --image-size (--max-memory bounds the chunks of positions, not these)")
+    work += (
+        f", {positions * flops / 1e12:,.0f} TFLOP by naive re-inference"
+        if positions is not None and flops
+        else ""
+    )
+    raise SettingsError(
+        f"{what} needs about {need / 2**30:,.1f} GiB for the clean image's activations ({HELD} x "
+        f"{activation_bytes / 2**30:,.1f} GiB) but {device.type} has {free / 2**30:,.1f} GiB free{work}: "
+        "use a smaller --image-size (--max-memory bounds the chunks of positions, not these)"
+    )

@@ -43,27 +43,43 @@ def check_output(reference: object, got: torch.Tensor, runtime: str, rerun: Call
     `rerun` computes the reference again: a model whose two runs on one image differ is not deterministic.
     """
     if not isinstance(reference, torch.Tensor) or not reference.is_floating_point():
-        kind = type(reference).__name__ if not isinstance(reference, torch.Tensor) else f"a {reference.dtype} tensor"
-        raise ModelError(f"the model returns {kind}; hyinf explains models whose output is one float tensor of scores")
+        kind = (
+            type(reference).__name__
+            if not isinstance(reference, torch.Tensor)
+            else f"a {reference.dtype} tensor"
+        )
+        raise ModelError(
+            f"the model returns {kind}; hyinf explains models whose output is one float tensor of scores"
+        )
     reference = reference.detach().to(got.device, torch.float32)
     if tuple(reference.shape) != tuple(got.shape):
-        raise ModelError(f"hyinf's program of the model gives an output of shape {tuple(got.shape)}, {runtime} one of "
-                         f"{tuple(reference.shape)}; it cannot be explained exactly: use mode='naive'")
+        raise ModelError(
+            f"hyinf's program of the model gives an output of shape {tuple(got.shape)}, {runtime} one of "
+            f"{tuple(reference.shape)}; it cannot be explained exactly: use mode='naive'"
+        )
     if not torch.isfinite(reference).all():
-        raise ModelError(f"the model's output on this image holds NaN or infinite values under {runtime} "
-                         "(NaN or infinite weights, or an overflow): fix the model or its weights")
+        raise ModelError(
+            f"the model's output on this image holds NaN or infinite values under {runtime} "
+            "(NaN or infinite weights, or an overflow): fix the model or its weights"
+        )
     scale = float(reference.abs().max().clamp(min=1e-6))
     error = float((got - reference).abs().max()) if torch.isfinite(got).all() else float("inf")
     if error <= TOLERANCE * scale:
         return
     again = rerun()
-    if isinstance(again, torch.Tensor) and not torch.equal(again.detach().to(reference.device, torch.float32), reference):
-        raise ModelError("the model gives different outputs for the same image (random operations in forward, such as "
-                         "dropout in training mode or torch.rand, or state it changes on every call): occlusion needs a "
-                         "deterministic model")
-    raise ModelError(f"hyinf's program of the model differs from {runtime} on this image by {error:.3g}, more than "
-                     f"{TOLERANCE:g} of the output scale {scale:.3g}: hyinf refuses rather than answer differently; "
-                     "use mode='naive' and report the model")
+    if isinstance(again, torch.Tensor) and not torch.equal(
+        again.detach().to(reference.device, torch.float32), reference
+    ):
+        raise ModelError(
+            "the model gives different outputs for the same image (random operations in forward, such as "
+            "dropout in training mode or torch.rand, or state it changes on every call): occlusion needs a "
+            "deterministic model"
+        )
+    raise ModelError(
+        f"hyinf's program of the model differs from {runtime} on this image by {error:.3g}, more than "
+        f"{TOLERANCE:g} of the output scale {scale:.3g}: hyinf refuses rather than answer differently; "
+        "use mode='naive' and report the model"
+    )
 
 
 def check_batches(run: Callable[[torch.Tensor], object], image: torch.Tensor, single: torch.Tensor) -> None:
@@ -72,12 +88,27 @@ def check_batches(run: Callable[[torch.Tensor], object], image: torch.Tensor, si
     halved, so that neither its layout nor its statistics equal the first's."""
     other = image.flip(-1) * 0.5
     pair, alone = run(torch.cat([image, other])), run(other)
-    expected = torch.cat([single, alone.to(single.device, single.dtype)]) if isinstance(alone, torch.Tensor) else None
-    if expected is None or not isinstance(pair, torch.Tensor) or pair.shape != expected.shape or not torch.allclose(
-            pair.to(single.device, single.dtype), expected, rtol=TOLERANCE, atol=TOLERANCE * float(expected.abs().max())):
+    expected = (
+        torch.cat([single, alone.to(single.device, single.dtype)])
+        if isinstance(alone, torch.Tensor)
+        else None
+    )
+    if (
+        expected is None
+        or not isinstance(pair, torch.Tensor)
+        or pair.shape != expected.shape
+        or not torch.allclose(
+            pair.to(single.device, single.dtype),
+            expected,
+            rtol=TOLERANCE,
+            atol=TOLERANCE * float(expected.abs().max()),
+        )
+    ):
         shape = tuple(pair.shape) if isinstance(pair, torch.Tensor) else type(pair).__name__
-        raise ModelError(f"the model mixes the images of a batch (a batch of two gives {shape}, not each image's own "
-                         "output); hyinf evaluates occluded images in batches: export the model with a free batch axis")
+        raise ModelError(
+            f"the model mixes the images of a batch (a batch of two gives {shape}, not each image's own "
+            "output); hyinf evaluates occluded images in batches: export the model with a free batch axis"
+        )
 
 
 def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor, batches: bool = False) -> None:
