@@ -111,10 +111,21 @@ def check_batches(run: Callable[[torch.Tensor], object], image: torch.Tensor, si
         )
 
 
-def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor, batches: bool = False) -> None:
+def program_output(program: TorchProgram, image: torch.Tensor, computed: torch.Tensor | None = None) -> torch.Tensor:
+    """The program's float32 output on `image`: `computed` (its output already at hand) on a CPU, where
+    float32 is all there is; computed again with TF32 off on a GPU."""
+    if computed is not None and image.device.type == "cpu":
+        return computed
+    with torch.no_grad(), float32():
+        return run_program(program, image.to(program.device))
+
+
+def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor, batches: bool = False,
+                computed: torch.Tensor | None = None) -> None:
     """The program against the eager module on `image` (in eval mode, float32, the module's train flag
-    restored); with `batches`, also that the program evaluates batches image by image (a property of
-    the model, checked once when it is traced)."""
+    restored); `computed` is the program's output on it where already at hand (see program_output).
+    With `batches`, also that the program evaluates batches image by image (a property of the model,
+    checked once when it is traced)."""
     if isinstance(model, torch.jit.ScriptModule):
         return  # its program runs the module itself
     where = next(iter(model.parameters()), image).device
@@ -130,8 +141,8 @@ def check_torch(model: nn.Module, program: TorchProgram, image: torch.Tensor, ba
             with contextlib.suppress(NotImplementedError):
                 model.train(training)
 
+    got = program_output(program, image, computed)
     with torch.no_grad(), float32():
-        got = run_program(program, image.to(program.device))
         check_output(eager(), got, "the model run eagerly", eager)
         if batches:
             check_batches(lambda batch: run_program(program, batch), image.to(program.device), got)
