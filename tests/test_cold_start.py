@@ -49,3 +49,22 @@ def test_public_names_still_resolve() -> None:
     } <= set(dir(hyinf))
     with pytest.raises(AttributeError):
         hyinf.no_such_name  # noqa: B018
+
+
+def test_report_names_every_fixed_cost(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from hyinf.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["explain", "demo", "--patch", "32", "--stride", "32", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    steps = ("startup_s", "imports_s", "checks_s", "model_load_s", "image_s", "explain_s", "write_s")
+    assert set(report["process_s"]) == {*steps, "wall_s"}
+    assert all(report["process_s"][k] >= 0 for k in steps)
+    assert abs(report["process_s"]["wall_s"] - sum(report["process_s"][k] for k in steps)) < 1e-6
+    assert {"trace_s", "verify_s", "compile_s", "positions_s", "total_s"} <= set(report["timings_s"])
+    assert report["timings_s"]["total_s"] <= report["process_s"]["explain_s"]

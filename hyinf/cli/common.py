@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,30 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     return wrapper
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux), or None where the system does not say."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+class Laps:
+    """Named durations of a command's steps; `startup_s` is the interpreter's start to the command
+    (Python, click and hyinf's CLI loading), where the system tells the process's age."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {"startup_s": process_age() or 0.0}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = now - self._last
+        self._last = now
 
 
 def pair(value: str) -> int | tuple[int, int]:

@@ -11,7 +11,7 @@ import click
 
 import hyinf
 from hyinf.cli import main
-from hyinf.cli.common import DB_HELP, finite, pair_option, user_errors, writable_folder
+from hyinf.cli.common import DB_HELP, Laps, finite, pair_option, user_errors, writable_folder
 from hyinf.paths import check_readable_file
 from hyinf.modes import BACKENDS, MODES, OUTPUTS
 
@@ -65,6 +65,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
 
     Example: hyinf explain torchvision:resnet18 cat.jpg --patch 16 --stride 8 --out cat-heatmap
     """
+    laps = Laps()
     import numpy as np
 
     from hyinf.explain import check_work, resolve_device
@@ -74,6 +75,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
     from hyinf.models import load_model
     from hyinf.viz import save_overlay
 
+    laps.lap("imports_s")  # the engine's modules load here, not for `hyinf --help`
     # Everything that can be checked without the model is, before the model is loaded.
     finite(patch_value, "--patch-value")
     finite(max_memory, "--max-memory")
@@ -92,7 +94,12 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
         if (out_dir / name).is_dir():
             raise click.BadParameter(f"{out_dir / name} is a directory; give another --out", param_hint="--out")
     writable_folder(out_dir)
+    plan = hyinf.PlanDocument.parse(plan_file.read_bytes(), str(plan_file)) if plan_file is not None else None
+    if plan is not None and mode != "hybrid":
+        raise click.UsageError("--plan runs a hybrid plan; leave out --mode")
+    laps.lap("checks_s")
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
+    laps.lap("model_load_s")  # an ONNX file's import (checks, conversion, tracing its graph) included
     if not normalize:
         loaded = replace(loaded, mean=(0.0,) * len(loaded.mean), std=(1.0,) * len(loaded.std))
     if image is None:
@@ -104,16 +111,15 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
         grid = OcclusionGrid.make(size, patch, stride)  # type: ignore[arg-type]
         check_work(loaded.module, (1, len(loaded.mean), *size), resolve_device(device), len(grid), progress=False)
     pixels = load_image(image, size)  # type: ignore[arg-type]
+    laps.lap("image_s")
     value = loaded.pixel_to_input(patch_value) if patch_space == "pixel" else patch_value
-    plan = hyinf.PlanDocument.parse(plan_file.read_bytes(), str(plan_file)) if plan_file is not None else None
-    if plan is not None and mode != "hybrid":
-        raise click.UsageError("--plan runs a hybrid plan; leave out --mode")
     result = hyinf.explain(
         loaded.module, loaded.normalise(pixels), target=target, patch=patch, stride=stride, patch_value=value,
         mode=mode, plan=plan, db=db_url, device=device, backend=backend, output=score, batch_size=batch_size,
         max_memory=None if max_memory is None else max_memory * 1024**3, approx_threshold=threshold, drill_down=ratio,
         coarse_stride=coarse_stride, check_exact=check_exact, progress=not quiet and sys.stderr.isatty(),
     )
+    laps.lap("explain_s")
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "heatmap.npy", result.heatmap.numpy())
     np.save(out_dir / "attribution.npy", result.attribution.numpy())
@@ -132,7 +138,8 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
         "base_score": result.base_score,
         "positions": list(result.grid.shape),
         "mode": result.mode,
-        "timings_s": result.timings,
+        "timings_s": result.timings,  # inside hyinf.explain: trace, verify, compile (plan, engine, sessions), positions
+        "process_s": laps.times,  # this command's fixed costs around it, from process start to the last file
         "node_modes": result.node_modes,
     }
     approx = result.approximation
@@ -141,6 +148,8 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
                                    "coarse_stride": list(approx.coarse_stride) if approx.coarse_stride else None,
                                    "occluded_images": approx.positions, "exact_occluded_images": approx.exact_positions,
                                    "quality": approx.quality.as_dict() if approx.quality else None}
+    laps.lap("write_s")
+    laps.times["wall_s"] = laps.times["startup_s"] + sum(v for k, v in laps.times.items() if k != "startup_s")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     if not quiet:
         click.echo(f"{loaded.description}: target {label} (score {result.base_score:.4g}), {len(result.grid)} positions, "
