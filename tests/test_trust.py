@@ -399,3 +399,35 @@ def test_an_onnx_import_too_large_for_the_machine_is_refused() -> None:
         from hyinf.graph.onnx_frontend import load_onnx
 
         load_onnx(proto, (60000, 60000))
+
+
+# ---- API hygiene ---------------------------------------------------------------------------------
+
+
+def _small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+@pytest.mark.parametrize("mode", ["naive", "hybrid"])
+def test_the_callers_model_keeps_its_train_mode(mode) -> None:
+    model = _small().train()
+    hyinf.explain(model, torch.rand(3, 16, 16), patch=PATCH, stride=STRIDE, mode=mode)
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    hyinf.explain(model, torch.rand(3, 16, 16), patch=PATCH, stride=STRIDE, mode=mode)
+    assert not model.training
+
+
+def test_integer_targets_of_every_kind_and_any_float_image() -> None:
+    model, image = _small().eval(), torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(6))
+    reference = hyinf.explain(model, image, patch=PATCH, stride=STRIDE, target=1)
+    for target in (np.int64(1), np.int32(1), torch.tensor(1), torch.tensor([1])):
+        assert torch.equal(hyinf.explain(model, image, patch=PATCH, stride=STRIDE, target=target).scores, reference.scores)
+    for dtype in (torch.float64, torch.float16):
+        result = hyinf.explain(model, image.to(dtype), patch=PATCH, stride=STRIDE, target=1)
+        assert_close_to(
+            hyinf.explain(model, image.to(dtype).float(), patch=PATCH, stride=STRIDE, target=1).scores,
+            result.scores,
+            f"{dtype} image",
+        )
