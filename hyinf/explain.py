@@ -11,9 +11,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -21,14 +20,13 @@ from tqdm import tqdm
 from hyinf import drilldown
 from hyinf.errors import HyinfError, ModelError, SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
-from hyinf.graph.onnx_frontend import OnnxModel, is_onnx, load_onnx
+from hyinf.graph.sources import is_onnx
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.kept import Kept
 from hyinf.modes import BACKENDS, MODES, OUTPUTS
 from hyinf.planner.plan import Plan
 from hyinf.planner.document import PlanDocument
 from hyinf.planner.select import choose_plan
-from hyinf.plans_db import Database
 from hyinf.plans_db.location import existing_database
 from hyinf.profiler.machine import fingerprint
 from hyinf.quality import Quality, compare
@@ -37,11 +35,16 @@ from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.estimate import check_fits, estimate_torch
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.cache import ModelCache
-from hyinf.runtime.ort_backend import OrtEngine
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
 from hyinf.runtime.verify import check_batches, check_output, check_torch, float32, program_output
 from hyinf.runtime.windows import span_mask
+
+if TYPE_CHECKING:  # ONNX, ONNX Runtime and the database load where a run uses them, not on import
+    import onnx
+
+    from hyinf.graph.onnx_frontend import OnnxModel
+    from hyinf.runtime.ort_backend import OrtEngine
 
 _ORT_ENGINES: ModelCache[OrtEngine] = ModelCache(4)
 _ENGINES: Kept[BlockedEngine] = Kept(4)  # a drill-down uses two: its coarse and its fine grid
@@ -51,7 +54,9 @@ _PROGRAMS: ModelCache[TorchProgram] = ModelCache(2)  # tracing vgg16 (copy, trac
 def _import_onnx(source: onnx.ModelProto | str, image_size: tuple[int, int]) -> OnnxModel:
     """`load_onnx`, remembered for a file the process explains again until the file changes: checking
     and importing vgg16's 528 MB file takes seconds, as long as explaining an image."""
-    if isinstance(source, onnx.ModelProto):
+    from hyinf.graph.onnx_frontend import load_onnx
+
+    if not isinstance(source, str | os.PathLike):
         return load_onnx(source, image_size)
     try:
         stat = os.stat(source)
@@ -62,6 +67,8 @@ def _import_onnx(source: onnx.ModelProto | str, image_size: tuple[int, int]) -> 
 
 @functools.lru_cache(maxsize=2)  # each entry holds a model's weights
 def _import_file(path: str, modified: int, size: int, image_size: tuple[int, int]) -> OnnxModel:
+    from hyinf.graph.onnx_frontend import load_onnx
+
     return load_onnx(path, image_size)
 
 
@@ -142,8 +149,17 @@ def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
     return flat[:, target]
 
 
+#: Images up to this many pixels are not sized first: a process's first run on meta tensors costs
+#: 1.8 s (a 2-core EPYC), and at 512x512 vgg16, resnet50 and densenet121 hold 0.75-1.1 GiB of
+#: activations (about 5.4 GiB at the five times a run peaks at).
+ESTIMATE_ABOVE = 512 * 512
+
+
 def check_work(model: nn.Module, shape: tuple[int, ...], device: torch.device, positions: int, progress: bool) -> None:
-    """Before tracing: refuse a run the machine cannot hold, and say how large it is when showing progress."""
+    """Before tracing an image larger than ESTIMATE_ABOVE: refuse a run the machine cannot hold, and say
+    how large it is when showing progress."""
+    if shape[-2] * shape[-1] <= ESTIMATE_ABOVE:
+        return
     found = estimate_torch(model, shape)
     if found is None:
         return
@@ -184,7 +200,11 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
         fixed = plan or Plan.uniform(mode)
         return _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "")
     url = existing_database(db)
-    database = Database(url) if url is not None else None
+    database = None
+    if url is not None:
+        from hyinf.plans_db import Database
+
+        database = Database(url)
     chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name, backend=backend)
     return _blocked_engine(program, grid, chosen.blocks, chosen.source)
 
@@ -286,6 +306,8 @@ def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch:
     clean = CleanImage(program, batch)
     runner: BlockedEngine | OrtEngine = engine
     if s.backend == "ort":
+        from hyinf.runtime.ort_backend import OrtEngine
+
         settings = (tuple(batch.shape), grid, s.mode, _plan_key(engine), str(batch.device), size)
         runner = _ORT_ENGINES.get(identity, settings, lambda: OrtEngine(engine)) if identity is not None else OrtEngine(engine)
         runner.session(clean, fill, size)  # built (or found) now, so compile_s holds it

@@ -14,7 +14,7 @@ from torch import nn
 
 from hyinf import demo
 from hyinf.errors import ModelError
-from hyinf.graph.onnx_frontend import is_onnx, load_onnx
+from hyinf.graph.sources import is_onnx
 from hyinf.graph.pt2_archive import load_exported
 from hyinf.paths import check_readable_file
 
@@ -115,6 +115,8 @@ def load_model(spec: str, weights: Path | None = None, image_size: tuple[int, in
     if weights is not None:
         raise ModelError("--weights applies to torchvision:NAME models; a model file carries its own weights")
     if is_onnx(spec):
+        from hyinf.graph.onnx_frontend import load_onnx  # ONNX loads only for ONNX models
+
         onnx_model = load_onnx(spec, image_size)
         _, channels, height, width = onnx_model.input_shape
         if onnx_model.input_type == "uint8":  # pixels 0..255, as the model declares

@@ -32,6 +32,11 @@ def test_nothing_heavy_is_imported(code: str) -> None:
     assert _loaded_after(code) == set()
 
 
+def test_the_engine_loads_without_onnx_the_database_or_fitting() -> None:
+    """A torch model's run needs torch; ONNX, ONNX Runtime, SQLAlchemy and scikit-learn load where used."""
+    assert _loaded_after("import hyinf.explain, hyinf.models") == {"torch", "numpy"}
+
+
 def test_public_names_still_resolve() -> None:
     import hyinf
     import hyinf.explain  # the submodule import must not hide the function of the same name

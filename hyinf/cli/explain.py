@@ -70,7 +70,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
 
     from hyinf.explain import check_work, resolve_device
     from hyinf.graph.geometry import OcclusionGrid
-    from hyinf.graph.onnx_frontend import is_onnx
+    from hyinf.graph.sources import is_onnx
     from hyinf.images import load_image
     from hyinf.models import load_model
     from hyinf.viz import save_overlay

@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from hyinf.errors import ModelError
 from hyinf.graph.onnx_ops import lookup
+from hyinf.graph.sources import is_onnx
 from hyinf.paths import check_readable_file
 from hyinf.runtime.estimate import check_fits
 
@@ -425,11 +426,6 @@ def load_onnx(source: str | Path | bytes | onnx.ModelProto, image_size: tuple[in
     module.eval()
     original = str(source) if isinstance(source, str | Path) else proto.SerializeToString()
     return OnnxModel(module, shape, opset, hashlib.sha256(proto.SerializeToString()).hexdigest(), original, input_type)
-
-
-def is_onnx(source: object) -> bool:
-    """Whether `source` names or holds an ONNX model."""
-    return isinstance(source, onnx.ModelProto) or (isinstance(source, str | Path) and str(source).lower().endswith(".onnx"))
 
 
 __all__ = ["OnnxModel", "is_onnx", "load_onnx", "onnx_reference"]

@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hyinf.errors import PlanError, PlanWarning
 from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.ir import Graph
-from hyinf.plans_db import Database
 from hyinf.planner.blocks import plan_grid
 from hyinf.planner.document import PlanDocument, settings_key, settings_of
 from hyinf.planner.plan import Plan
 from hyinf.profiler.machine import DeviceFingerprint
 from hyinf.profiler.profile import device_costs
+
+if TYPE_CHECKING:
+    from hyinf.plans_db import Database
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from scipy.optimize import nnls
-from scipy.stats import spearmanr
-from sklearn.ensemble import GradientBoostingRegressor
 
 from hyinf.graph.ir import Op
 from hyinf.profiler.features import NUMERIC, log_features
@@ -68,6 +65,8 @@ class AnalyticCosts:
             t = np.array([s.timing.median for s in rows])
             a = np.array([[1.0, s.features["flops"], s.features["bytes"]] for s in rows]) / t[:, None]
             scale = a.max(axis=0) + 1e-30  # condition the columns, then undo
+            from scipy.optimize import nnls  # fitting only: planning with a stored model never loads scipy
+
             x, _ = nnls(a / scale, np.ones(len(rows)))
             coefficients[kind] = tuple(float(v) for v in x / scale)
         return cls(coefficients)
@@ -139,6 +138,8 @@ class LearnedCosts:
         x = design_matrix(rows)
         residual = np.log([s.timing.median for s in samples]) - np.log(analytic.predict(rows))
         # Huber loss: timings on a shared machine have outliers. Depth and count chosen on held-out sweep data.
+        from sklearn.ensemble import GradientBoostingRegressor  # fitting only
+
         gbr = GradientBoostingRegressor(loss="huber", alpha=0.8, n_estimators=600, max_depth=6, learning_rate=0.05, subsample=0.8, min_samples_leaf=3, random_state=seed)
         gbr.fit(x, residual)
         trees = tuple(
@@ -215,6 +216,8 @@ class Accuracy:
         measured = np.array([s.timing.median for s in samples])
         predicted = predict_samples(model, samples)
         mape = float(np.median(np.abs(predicted - measured) / measured))
+        from scipy.stats import spearmanr
+
         return cls(mape, float(spearmanr(predicted, measured).statistic), len(samples))
 
 

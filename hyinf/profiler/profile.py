@@ -6,15 +6,13 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hyinf.errors import SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
 from hyinf.kept import Kept
-from hyinf.plans_db import Database
-from hyinf.plans_db.store import CostModelRef
 from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, CostModel, LearnedCosts
 from hyinf.profiler.fitting import FitReport, evaluate, fit
 from hyinf.profiler.machine import DeviceFingerprint, fingerprint
@@ -22,6 +20,10 @@ from hyinf.profiler.measure import measure_program
 from hyinf.profiler.sample import Sample
 from hyinf.profiler.sweep import run_sweep, sample_configs
 from hyinf.runtime.program import TorchProgram
+
+if TYPE_CHECKING:  # the database's modules (SQLAlchemy, Alembic) load only where one is opened
+    from hyinf.plans_db import Database
+    from hyinf.plans_db.store import CostModelRef
 
 #: (configurations, repeats) of the sweep.
 QUICK = (400, 3)
