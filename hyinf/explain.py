@@ -34,7 +34,7 @@ from hyinf.runtime.budget import batch_size_for, bytes_per_position, check_limit
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.estimate import check_fits, estimate_torch
 from hyinf.runtime.naive import naive_chunks
-from hyinf.runtime.cache import ModelCache
+from hyinf.runtime.cache import ModelCache, content_digest
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
 from hyinf.runtime.verify import check_batches, check_output, check_torch, float32, program_output
@@ -309,10 +309,19 @@ def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch:
         from hyinf.runtime.ort_backend import OrtEngine
 
         settings = (tuple(batch.shape), grid, s.mode, _plan_key(engine), str(batch.device), size)
-        runner = _ORT_ENGINES.get(identity, settings, lambda: OrtEngine(engine)) if identity is not None else OrtEngine(engine)
+        runner = _ORT_ENGINES.get(identity, settings, lambda: _ort_engine(engine, identity)) if identity is not None else OrtEngine(engine)
         runner.session(clean, fill, size)  # built (or found) now, so compile_s holds it
     mode = s.mode if s.mode == "naive" else f"{s.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''})"
     return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes)
+
+
+def _ort_engine(engine: BlockedEngine, identity: nn.Module | str) -> OrtEngine:
+    """An ORT engine whose graphs are kept in the user's disk cache, keyed by the model's content."""
+    from hyinf.runtime.disk_cache import DiskCache
+    from hyinf.runtime.ort_backend import OrtEngine
+
+    cache = DiskCache.default()
+    return OrtEngine(engine, cache, content_digest(identity) if cache is not None else None)
 
 
 def _verify(program: TorchProgram, model: nn.Module, imported: OnnxModel | None, batch: torch.Tensor,

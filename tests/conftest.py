@@ -26,6 +26,18 @@ def _own_plans_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         os.environ["HYINF_DB"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_disk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Built artefacts go to a cache folder of the test run's own: never the user's."""
+    old = os.environ.get("HYINF_CACHE_DIR")
+    os.environ["HYINF_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("HYINF_CACHE_DIR", None)
+    else:
+        os.environ["HYINF_CACHE_DIR"] = old
+
+
 #: float32 results must agree with naive re-inference to this fraction of the score scale.
 RELATIVE_TOLERANCE = 1e-4
 

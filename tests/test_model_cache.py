@@ -29,6 +29,11 @@ def test_programs_are_reused_until_the_model_changes() -> None:
     changed = hyinf.explain(model, image, patch=8, stride=8, mode="incremental")
     assert _programs() != kept
     assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, changed.scores, "after the weights changed")
+    kept = _programs()
+    model.fc.weight.data.mul_(3.0)  # a write through .data: the version counter stays as it was
+    through_data = hyinf.explain(model, image, patch=8, stride=8, mode="incremental")
+    assert _programs() != kept
+    assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, through_data.scores, "after a .data write")
     model.fc = torch.nn.Linear(512, 10)  # a replaced layer: new parameters
     replaced = hyinf.explain(model, image, patch=8, stride=8, mode="hybrid")
     assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, replaced.scores, "after a layer was replaced")

@@ -17,30 +17,34 @@ tail on the cut values of many runs at once, so large linear layers see large ba
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyinf import __version__ as hyinf_version
 from hyinf.errors import ModelError, SettingsError
+from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.ir import Node, Op
+from hyinf.runtime.disk_cache import DiskCache, content_key
 from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
-from hyinf.runtime.ort_layout import channels_last_additions
-from hyinf.runtime.ort_positions import position_model, without_positions
 from hyinf.runtime.tail import Cells, Tail, batches
-from hyinf.runtime.windows import gather, merged_index
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 17
 CHECK_TOLERANCE = 1e-4  # of the output scale: the first chunk of a new session against the torch backend
+CHECK_POSITIONS = 4  # of each block: the torch engine's evaluation of them costs what the ORT run saves
 KEPT_INDEX_BYTES = 256 << 20  # a session keeps its runs' index values (see `_Session.values`) up to this size
 _ORT_TYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64, torch.float16: np.float16,
               torch.int32: np.int32, torch.bool: np.bool_}
@@ -117,6 +121,11 @@ class _Recorder:
         self._note(("rows", name, pad, value))
         return self.clean.rows(name, pad, value)
 
+
+
+def _stored_key(stored: list[Any]) -> Key:
+    """A clean value's key as the cache's JSON holds it (lists where the key has tuples)."""
+    return tuple(tuple(part) if isinstance(part, list) else part for part in stored)
 
 
 def clean_value(clean: CleanImage, key: Key) -> torch.Tensor:
@@ -288,6 +297,9 @@ class _Session:
     tail: ort.InferenceSession | None  # the shared tail, run on the cut values of many runs at once
     positions: ort.InferenceSession | None  # a run's positions -> the index values `session` reads
     kept: dict[int, dict[str, torch.Tensor]]  # each run's index values over the whole grid, reused for every image
+    checked: bool = False  # against the torch engine, on the first run
+    cached: bool = False  # read from the disk cache: checked in full when it was built
+    pending: tuple[str, dict[str, bytes]] | None = None  # (cache key, graphs): stored once checked
 
     def values(self, run: int, blocks: list[torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
         """The graph inputs for one run's positions (`blocks`): the positions themselves, or the index
@@ -311,8 +323,11 @@ class OrtEngine:
     """A blocked engine's plan executed by ONNX Runtime; the session for a chunk size is built on first
     use and reused for every later image."""
 
-    def __init__(self, blocked: BlockedEngine) -> None:
+    def __init__(self, blocked: BlockedEngine, cache: DiskCache | None = None, content: str | None = None) -> None:
+        """`content` (the model's `content_digest`) keys the graphs in `cache`; without both, nothing
+        is kept across processes."""
         self.blocked, self.program = blocked, blocked.program
+        self.cache, self.content = cache, content
         self.device = blocked.program.device
         self.providers = providers(self.device)
         self.sessions: dict[int, _Session] = {}
@@ -339,30 +354,57 @@ class OrtEngine:
 
     def session(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> _Session:
         """The session running chunks of about `batch_size` positions, built the first time from this
-        image's activations (only their shapes matter) and checked against the torch backend on its
-        first chunk, so an exporter that mistranslates an operator fails loudly instead of silently."""
+        image's activations (only their shapes matter), or read from the disk cache."""
         if batch_size not in self.sessions:
             _, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
-            model, keys = lower(self.blocked, clean, fill, sizes)
-            positions, model = self._split(channels_last_additions(onnx.load_from_string(model)), len(sizes))
-            session = self._open(model)
-            tail = self._open(lower_tail(self.blocked, clean, fill)) if self.blocked.tail is not None else None
-            built = _Session(session, keys, sizes, {i.name for i in session.get_inputs()}, tail, positions, {})
-            self._check(built, clean, fill)
-            self.sessions[batch_size] = built
+            key = self._cache_key(clean, fill, sizes)
+            found = self.cache.get("ort", key) if self.cache is not None and key is not None else None
+            parts, keys = (found[0], [_stored_key(k) for k in found[1]["keys"]]) if found else self._build(clean, fill, sizes)
+            session = self._open(parts["chunk.onnx"])
+            positions = self._open(parts["positions.onnx"]) if "positions.onnx" in parts else None
+            tail = self._open(parts["tail.onnx"]) if "tail.onnx" in parts else None
+            pending = (key, parts) if not found and key is not None else None
+            self.sessions[batch_size] = _Session(session, keys, sizes, {i.name for i in session.get_inputs()}, tail, positions, {},
+                                                 pending=pending, cached=found is not None)
         return self.sessions[batch_size]
 
-    def _split(self, proto: onnx.ModelProto, blocks: int) -> tuple[ort.InferenceSession | None, bytes]:
-        """The session computing a chunk graph's index values from its positions, and the graph that
-        reads them instead (unchanged, with no session, when nothing depends on the positions alone)."""
+    def _cache_key(self, clean: CleanImage, fill: torch.Tensor, sizes: list[int]) -> str | None:
+        """What the graphs for these run sizes are built from, as a cache key: the model's content and
+        structure, every block's grid and evaluation, the image's shape, the fill, the versions."""
+        if self.content is None:
+            return None
+        blocks = [(repr(e.grid), sorted((n, r.value) for n, r in e.repr.items())) for e in self.blocked.engines]
+        versions = (hyinf_version, torch.__version__, ort.__version__, importlib.metadata.version("onnx"), OPSET)
+        return content_key(versions, str(self.providers), self.content, graph_fingerprint(self.program.graph), blocks,
+                           sizes, list(clean.image.shape), fill.cpu().contiguous().numpy().tobytes())
+
+    def _build(self, clean: CleanImage, fill: torch.Tensor, sizes: list[int]) -> tuple[dict[str, bytes], list[Key]]:
+        """The graphs for these run sizes, exported from the torch engine: the chunk graph, the graph
+        computing its index values from positions (where one splits off) and the tail's graph."""
+        import onnx  # only to build: onnx takes a second to import
+
+        from hyinf.runtime.ort_layout import channels_last_additions
+
+        model, keys = lower(self.blocked, clean, fill, sizes)
+        parts = self._split(channels_last_additions(onnx.load_from_string(model)), len(sizes))
+        if self.blocked.tail is not None:
+            parts["tail.onnx"] = lower_tail(self.blocked, clean, fill)
+        return parts, keys
+
+    def _split(self, proto: onnx.ModelProto, blocks: int) -> dict[str, bytes]:
+        """The graph computing a chunk graph's index values from its positions, and the graph that
+        reads them instead (unchanged, alone, when nothing depends on the positions alone)."""
+        from hyinf.runtime.ort_positions import position_model, without_positions
+
         names = [f"block{b}" for b in range(blocks)]
         part = position_model(proto, names)
         if part is None:
-            return None, proto.SerializeToString()
-        session = self._open(part[0].SerializeToString())
+            return {"chunk.onnx": proto.SerializeToString()}
+        positions = part[0].SerializeToString()
+        session = self._open(positions)
         probe = {i.name: np.zeros(i.shape, dtype=np.int64) for i in session.get_inputs()}
         values = dict(zip(part[1], session.run(part[1], probe)))
-        return session, without_positions(proto, names, values).SerializeToString()
+        return {"chunk.onnx": without_positions(proto, names, values).SerializeToString(), "positions.onnx": positions}
 
     def _open(self, model: bytes) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -371,15 +413,33 @@ class OrtEngine:
         options.enable_cpu_mem_arena = self.arena
         return ort.InferenceSession(model, options, providers=self.providers)
 
-    def _check(self, s: _Session, clean: CleanImage, fill: torch.Tensor) -> None:
-        for b, (engine, (idx, out)) in enumerate(zip(self.blocked.engines, next(self._runs(s, clean, fill)))):
-            if len(idx):
-                out = self._finish(s, clean, out, *self._cells(b, idx))
-                expected = ImageRun(engine, clean, fill).chunk(torch.zeros_like(idx), idx)
-                error = float((out - expected).abs().max())
-                if error > CHECK_TOLERANCE * max(float(expected.abs().max()), 1e-6):
-                    raise ModelError(f"ONNX Runtime's lowering of this model disagrees with PyTorch (max difference {error:.3g}): "
-                                     "an operator was exported wrongly; use backend='torch'")
+    def _checked(self, s: _Session, clean: CleanImage, fill: torch.Tensor,
+                 runs: Iterator[list[tuple[torch.Tensor, torch.Tensor]]]) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The runs, the first checked against the torch engine at a few positions of every block, so an
+        exporter that mistranslates an operator (or a cache entry that does not belong to this model)
+        fails loudly instead of silently. A session's graphs go to the disk cache once checked; one
+        read back from it was checked in full when built, and its first nonempty block is checked again
+        (a torch evaluation per block costs about 0.1 s of resnet18's positions)."""
+        for blocks in runs:
+            if not s.checked:
+                nonempty = [b for b, (idx, _) in enumerate(blocks) if len(idx)]
+                for b in nonempty[:1] if s.cached else nonempty:
+                    self._check_block(s, clean, fill, b, *blocks[b])
+                s.checked = True
+                if s.pending is not None and self.cache is not None:
+                    self.cache.put("ort", s.pending[0], s.pending[1], {"keys": s.keys})
+                s.pending = None
+            yield blocks
+
+    def _check_block(self, s: _Session, clean: CleanImage, fill: torch.Tensor, b: int, idx: torch.Tensor, out: torch.Tensor) -> None:
+        """A run's outputs for block b's first positions against the torch engine's."""
+        idx, out = idx[:CHECK_POSITIONS], out.view(len(idx), -1)[:CHECK_POSITIONS].reshape(-1, *out.shape[1:])
+        got = self._finish(s, clean, out, *self._cells(b, idx))
+        expected = ImageRun(self.blocked.engines[b], clean, fill).chunk(torch.zeros_like(idx), idx)
+        error = float((got - expected).abs().max())
+        if error > CHECK_TOLERANCE * max(float(expected.abs().max()), 1e-6):
+            raise ModelError(f"ONNX Runtime's lowering of this model disagrees with PyTorch (max difference {error:.3g}): "
+                             "an operator was exported wrongly; use backend='torch'")
 
     def _runs(self, s: _Session, clean: CleanImage, fill: torch.Tensor,
               only: torch.Tensor | None = None) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -422,7 +482,8 @@ class OrtEngine:
         s = self.session(clean, fill, batch_size)
         limit = self.blocked.tail_batch(batch_size) if s.tail is not None else 0
         # (positions in the grid, what the run gave for them, their changed cells) of every block of every run
-        parts = ((self.positions[b][idx], out, *self._cells(b, idx)) for blocks in self._runs(s, clean, fill, only) for b, (idx, out) in enumerate(blocks))
+        runs = self._checked(s, clean, fill, self._runs(s, clean, fill, only))
+        parts = ((self.positions[b][idx], out, *self._cells(b, idx)) for blocks in runs for b, (idx, out) in enumerate(blocks))
         for positions, *values in batches(parts, limit):
             yield torch.zeros_like(positions), positions, self._finish(s, clean, *values)
 
