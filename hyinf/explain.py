@@ -24,19 +24,19 @@ from hyinf.graph.sources import is_onnx
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.kept import Kept
 from hyinf.modes import BACKENDS, MODES, OUTPUTS
-from hyinf.planner.plan import Plan
 from hyinf.planner.document import PlanDocument
+from hyinf.planner.plan import Plan
 from hyinf.planner.select import choose_plan
 from hyinf.plans_db.location import existing_database
 from hyinf.profiler.machine import fingerprint
 from hyinf.quality import Quality, compare
 from hyinf.runtime.budget import batch_size_for, bytes_per_position, check_limits
+from hyinf.runtime.cache import ModelCache, content_digest
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.estimate import check_fits, estimate_torch
 from hyinf.runtime.naive import naive_chunks
-from hyinf.runtime.cache import ModelCache, content_digest
-from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
+from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.verify import check_batches, check_output, check_torch, float32, program_output
 from hyinf.runtime.windows import span_mask
 
