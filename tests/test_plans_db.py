@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from hyinf.canonical import digest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -48,7 +50,7 @@ def test_round_trip(tmp_path: Path) -> None:
     again = Database(f"sqlite:///{tmp_path / 'a.db'}")
     summary = again.summary()
     assert summary.counts == {"devices": 1, "profile runs": 1, "measurements": 3, "cost models": 1, "plans": 0}
-    assert summary.revision == "0002"
+    assert summary.revision == "0003"
 
 
 def _writer(path: str, tag: str, runs: int) -> None:
@@ -80,17 +82,23 @@ def test_previous_schema_upgrades_in_place(tmp_path: Path) -> None:
     cfg = _alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
+        command.upgrade(cfg, "0002")
         conn.execute(sa.text(
             "INSERT INTO devices (key, kind, name, cores, driver, torch_version, onnxruntime_version, created_at) "
             f"VALUES ('{FP.key}', 'cpu', 'Old CPU', 4, '', '2.0', '', '2026-01-01 00:00:00')"
         ))
+        for body in ('{"b": 1, "a": 2}', '{"a": 2, "b": 1}', '{"a": 3}'):  # the first two are one document
+            conn.execute(sa.text("INSERT INTO plans (model_fingerprint, settings_key, device_id, body, created_at) "
+                                 f"VALUES ('m', 's', 1, '{body}', '2026-01-01 00:00:00')"))
     engine.dispose()
     db = Database(str(path))
-    assert db.revision == "0002"
+    assert db.revision == "0003"
     summary = db.summary()
-    assert summary.counts["devices"] == 1 and summary.counts["plans"] == 0
+    assert summary.counts["devices"] == 1 and summary.counts["plans"] == 2
     assert db.device_id(FP) == 1  # the existing row, not a new one
+    assert [(p.id, p.digest) for p in db.plans()] == [(1, digest({"a": 2, "b": 1})), (3, digest({"a": 3}))]
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT device_class FROM devices")).scalar() == "cpu:Old CPU"
 
 
 def test_migrations_build_the_schema_the_code_uses(tmp_path: Path) -> None:

@@ -37,4 +37,4 @@ def main() -> None:
     """hyinf: fast, exact occlusion-based explanations of CNN predictions."""
 
 
-from hyinf.cli import db, explain, plan, profile  # noqa: E402,F401  (commands register on main)
+from hyinf.cli import db, explain, plan, profile, serve  # noqa: E402,F401  (commands register on main)

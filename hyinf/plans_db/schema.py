@@ -34,6 +34,7 @@ class Device(Base):
     driver: Mapped[str] = mapped_column(String(64))  # CUDA runtime/driver, "" on CPU
     torch_version: Mapped[str] = mapped_column(String(64))
     onnxruntime_version: Mapped[str] = mapped_column(String(64))
+    device_class: Mapped[str] = mapped_column(String(220), index=True)  # kind:name: plans and costs transfer within a class
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
@@ -63,7 +64,7 @@ class Measurement(Base):
     source: Mapped[str] = mapped_column(String(16))  # sweep | model
     config: Mapped[str] = mapped_column(String(200))  # configuration id: rows of one config are held out together
     kind: Mapped[str] = mapped_column(String(16))  # incremental | full | to_full | to_win
-    op: Mapped[str] = mapped_column(String(32))
+    op: Mapped[str] = mapped_column(String(64))  # "global_avg_pool/adaptive_avg_pool" is 33 characters
     features: Mapped[dict[str, Any]]
     median_s: Mapped[float]
     spread: Mapped[float]  # interquartile range / median
@@ -71,7 +72,18 @@ class Measurement(Base):
     run: Mapped[ProfileRun] = relationship(back_populates="measurements")
 
 
-class CostModelRow(Base):
+class _Provenance:
+    """Where a plan or cost model came from. Both are immutable and named by their `digest` (sha256 of
+    the canonical JSON body); an admin may retract one, which hides it from lookups but keeps it."""
+
+    digest: Mapped[str] = mapped_column(String(64), index=True, unique=True)
+    publisher: Mapped[str] = mapped_column(String(100), default="")  # the token's name, "" when stored locally
+    machine: Mapped[str] = mapped_column(String(200), default="")  # the publishing machine's host name
+    hyinf_version: Mapped[str] = mapped_column(String(32), default="")
+    retracted_at: Mapped[datetime | None]
+
+
+class CostModelRow(_Provenance, Base):
     """A fitted cost model for one (device, backend), as data: feature names, analytic coefficients and
     the boosted trees' arrays, plus its held-out accuracy."""
 
@@ -87,7 +99,7 @@ class CostModelRow(Base):
     device: Mapped[Device] = relationship()
 
 
-class PlanRow(Base):
+class PlanRow(_Provenance, Base):
     """A plan for (model structure, occlusion settings, device), as its versioned JSON document."""
 
     __tablename__ = "plans"
@@ -99,3 +111,15 @@ class PlanRow(Base):
     cost_model_id: Mapped[int | None] = mapped_column(ForeignKey("cost_models.id"))
     body: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class Token(Base):
+    """A bearer token of the plans service: only its sha256 is stored."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))  # read | publish | admin
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    revoked_at: Mapped[datetime | None]

@@ -8,9 +8,10 @@ losing writes, and two processes opening a new database migrate it once.
 from __future__ import annotations
 
 import contextlib
+import platform
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from hyinf import __version__
+from hyinf.canonical import digest
 from hyinf.errors import HyinfError
 from hyinf.plans_db.location import database_url
 from hyinf.plans_db.schema import CostModelRow, Device, Measurement, PlanRow, ProfileRun
@@ -104,6 +106,15 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Who stored a plan or cost model, from where, with which hyinf."""
+
+    publisher: str = ""
+    machine: str = field(default_factory=platform.node)
+    hyinf_version: str = __version__
+
+
+@dataclass(frozen=True)
 class CostModelRef:
     """A stored cost model without its body: enough to tell whether a copy decoded earlier is this one."""
 
@@ -161,6 +172,10 @@ class Database:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
 
+    def close(self) -> None:
+        """Close the database's connections."""
+        self.engine.dispose()
+
     @property
     def revision(self) -> str:
         with self._errors(), self.engine.connect() as conn:
@@ -175,17 +190,31 @@ class Database:
     # ---- profiles ------------------------------------------------------------------------------
 
     def device_id(self, fp: DeviceFingerprint) -> int:
-        """The id of this device's row, created on first use."""
-        with self.session() as s:
-            row = s.scalar(select(Device).where(Device.key == fp.key))
-            if row is None:
-                row = Device(
-                    key=fp.key, kind=fp.kind, name=fp.name, cores=fp.cores, driver=fp.driver,
-                    torch_version=fp.torch_version, onnxruntime_version=fp.onnxruntime_version,
-                )
+        """The id of this device's row, created on first use (once, however many processes race to)."""
+        def new() -> Device:
+            return Device(key=fp.key, kind=fp.kind, name=fp.name, cores=fp.cores, driver=fp.driver, torch_version=fp.torch_version,
+                          onnxruntime_version=fp.onnxruntime_version, device_class=fp.device_class)
+
+        return self._insert_once(Device, Device.key == fp.key, new)[0]
+
+    def _insert_once(self, table: type[Any], same: Any, new: Callable[[], Any]) -> tuple[int, bool]:
+        """The id of the row `same` selects, inserting `new()` when there is none, and whether it was
+        inserted. A unique constraint settles concurrent inserts: the loser reads the winner's row."""
+        for _ in range(2):
+            with self.session() as s:
+                found = s.scalar(select(table.id).where(same))
+                if found is not None:
+                    return found, False
+                row = new()
                 s.add(row)
-                s.flush()
-            return row.id
+                try:
+                    s.flush()
+                except exc.IntegrityError:
+                    s.rollback()
+                    continue
+                return row.id, True
+        with self.session() as s:
+            return s.scalars(select(table.id).where(same)).one(), False
 
     def start_run(self, device_id: int, backend: str, threads: int, quick: bool, settings: dict[str, Any]) -> int:
         with self.session() as s:
@@ -203,6 +232,31 @@ class Database:
                 )
                 for x in samples
             )
+
+    def add_run(self, fp: DeviceFingerprint, backend: str, threads: int, quick: bool, settings: dict[str, Any],
+                samples: list[dict[str, Any]], publisher: str) -> int:
+        """A finished profile run uploaded whole: its row and every measurement in one transaction."""
+        device_id = self.device_id(fp)
+        with self.session() as s:
+            now = datetime.now(UTC).replace(tzinfo=None)
+            run = ProfileRun(device_id=device_id, backend=backend, threads=threads, quick=quick,
+                             settings={**settings, "publisher": publisher}, hyinf_version=__version__, finished_at=now)
+            s.add(run)
+            s.flush()
+            s.add_all(Measurement(run_id=run.id, source=x["source"], config=x["config"], kind=x["kind"], op=x["op"], features=x["features"],
+                                  median_s=Timing(tuple(x["times"])).median, spread=Timing(tuple(x["times"])).spread, times=x["times"])
+                      for x in samples)
+            return run.id
+
+    def class_samples(self, device_class: str, backend: str) -> tuple[list[int], list[Sample]]:
+        """The finished runs of every device of a class on a backend, and every sample they measured."""
+        with self.session() as s:
+            runs = s.scalars(select(ProfileRun.id).join(Device).where(
+                Device.device_class == device_class, ProfileRun.backend == backend, ProfileRun.finished_at.is_not(None),
+            ).order_by(ProfileRun.id)).all()
+            rows = s.scalars(select(Measurement).where(Measurement.run_id.in_(runs)).order_by(Measurement.id)).all()
+            samples = [Sample(m.source, m.config, m.kind, m.op, m.features, Timing(tuple(m.times))) for m in rows]
+        return list(runs), samples
 
     def finish_run(self, run_id: int) -> None:
         with self.session() as s:
@@ -222,12 +276,21 @@ class Database:
 
     # ---- cost models ---------------------------------------------------------------------------
 
-    def save_cost_model(self, device_id: int, backend: str, format_version: int, run_ids: list[int], body: dict[str, Any], metrics: dict[str, Any]) -> int:
-        with self.session() as s:
-            row = CostModelRow(device_id=device_id, backend=backend, format_version=format_version, run_ids=run_ids, body=body, metrics=metrics)
-            s.add(row)
-            s.flush()
-            return row.id
+    def save_cost_model(self, device_id: int, backend: str, format_version: int, run_ids: list[int], body: dict[str, Any],
+                        metrics: dict[str, Any], provenance: Provenance | None = None) -> int:
+        """Store a cost model (once: one with the same body is the same model) and return its id."""
+        return self.publish_cost_model(device_id, backend, format_version, run_ids, body, metrics, provenance)[0]
+
+    def publish_cost_model(self, device_id: int, backend: str, format_version: int, run_ids: list[int], body: dict[str, Any],
+                           metrics: dict[str, Any], provenance: Provenance | None = None) -> tuple[int, bool]:
+        """(id, whether it is new) of a cost model stored once by its digest."""
+        name = digest(body)
+
+        def new() -> CostModelRow:
+            return CostModelRow(device_id=device_id, backend=backend, format_version=format_version, run_ids=run_ids, body=body,
+                                metrics=metrics, digest=name, **asdict(provenance or Provenance()))
+
+        return self._insert_once(CostModelRow, CostModelRow.digest == name, new)
 
     def cost_model_ref(self, model_id: int | None = None, *, device_key: str = "", backend: str = "") -> CostModelRef | None:
         """Stored cost model `model_id`, else the newest for this device and backend, without its body."""
@@ -235,27 +298,37 @@ class Database:
         if model_id is not None:
             query = query.where(CostModelRow.id == model_id)
         else:
-            query = query.join(Device).where(Device.key == device_key, CostModelRow.backend == backend).order_by(CostModelRow.id.desc())
+            query = query.join(Device).where(Device.key == device_key, CostModelRow.backend == backend,
+                                             CostModelRow.retracted_at.is_(None)).order_by(CostModelRow.id.desc())
         with self.session() as s:
             row = s.execute(query.limit(1)).first()
         return CostModelRef(*row) if row is not None else None
 
     # ---- plans ---------------------------------------------------------------------------------
 
-    def save_plan(self, model_fingerprint: str, settings_key: str, device: DeviceFingerprint, cost_model_id: int | None, body: dict[str, Any]) -> int:
-        device_id = self.device_id(device)
-        with self.session() as s:
-            row = PlanRow(model_fingerprint=model_fingerprint, settings_key=settings_key, device_id=device_id, cost_model_id=cost_model_id, body=body)
-            s.add(row)
-            s.flush()
-            return row.id
+    def save_plan(self, model_fingerprint: str, settings_key: str, device: DeviceFingerprint, cost_model_id: int | None,
+                  body: dict[str, Any], provenance: Provenance | None = None) -> int:
+        """Store a plan document and return its id: the stored one's where the same document is there."""
+        return self.publish_plan(model_fingerprint, settings_key, device, cost_model_id, body, provenance)[0]
+
+    def publish_plan(self, model_fingerprint: str, settings_key: str, device: DeviceFingerprint, cost_model_id: int | None,
+                     body: dict[str, Any], provenance: Provenance | None = None) -> tuple[int, bool]:
+        """(id, whether it is new) of a plan document stored once by its digest, however many publish it."""
+        device_id, name = self.device_id(device), digest(body)
+
+        def new() -> PlanRow:
+            return PlanRow(model_fingerprint=model_fingerprint, settings_key=settings_key, device_id=device_id,
+                           cost_model_id=cost_model_id, body=body, digest=name, **asdict(provenance or Provenance()))
+
+        return self._insert_once(PlanRow, PlanRow.digest == name, new)
 
     def find_plan(self, model_fingerprint: str, settings_key: str, device_key: str) -> PlanRow | None:
         """The newest plan for this model structure, these settings and this device."""
         with self.session() as s:
             return s.scalar(
                 select(PlanRow).join(Device).where(
-                    PlanRow.model_fingerprint == model_fingerprint, PlanRow.settings_key == settings_key, Device.key == device_key
+                    PlanRow.model_fingerprint == model_fingerprint, PlanRow.settings_key == settings_key, Device.key == device_key,
+                    PlanRow.retracted_at.is_(None),
                 ).order_by(PlanRow.id.desc())
             )
 

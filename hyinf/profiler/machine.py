@@ -28,6 +28,12 @@ class DeviceFingerprint:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
 
     @property
+    def device_class(self) -> str:
+        """Devices of one class (same CPU model or GPU name) share cost models and plans, with word of
+        what else differs."""
+        return f"{self.kind}:{self.name}"
+
+    @property
     def description(self) -> str:
         unit = "SMs" if self.kind == "cuda" else "cores"
         extra = f", {self.driver}" if self.driver else ""

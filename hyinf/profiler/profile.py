@@ -116,7 +116,7 @@ def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "tor
         ref = db.cost_model_ref(model_id, device_key=fp.key, backend=backend)
         if model_id is not None and ref is None:
             raise SettingsError(f"the database has no cost model {model_id}; `hyinf db info` lists them")
-        if ref is not None and ref.format_version == FORMAT_VERSION and (model := _stored_costs(db, ref)) is not None:
+        if ref is not None and ref.format_version == FORMAT_VERSION and (model := stored_costs(db, ref)) is not None:
             return model, {"kind": "learned", "id": ref.id}
         if model_id is not None:
             raise SettingsError(f"cost model {model_id} was made by another hyinf version; run `hyinf profile` again")
@@ -128,7 +128,7 @@ def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "tor
 _DECODED: Kept[LearnedCosts] = Kept(4)
 
 
-def _stored_costs(db: Database, ref: CostModelRef) -> LearnedCosts | None:
+def stored_costs(db: Database, ref: CostModelRef) -> LearnedCosts | None:
     """Stored model `ref`, decoded once per process (its 600 trees' JSON take 0.1-0.15 s); None when it
     was made for other features. The creation time tells a model from one of a recreated database."""
     def decode() -> LearnedCosts:
