@@ -1,4 +1,5 @@
-"""The plans database on real SQLite files: round trips, concurrent writers, migrations, bad files."""
+"""The plans database on real SQLite files and PostgreSQL schemas: round trips, concurrent writers,
+migrations, bad files."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from hyinf.plans_db.store import _alembic_config
 from hyinf.profiler.machine import DeviceFingerprint
 from hyinf.profiler.sample import Sample
 from hyinf.profiler.timing import Timing
+from service_support import db_url  # noqa: F401  (a fixture: SQLite, and PostgreSQL in a schema of its own)
 
 FP = DeviceFingerprint("cpu", "Test CPU", 2, "", "2.14.1", "1.0")
 
@@ -29,8 +31,8 @@ def _samples(tag: str, n: int) -> list[Sample]:
     return [Sample("sweep", f"{tag}-{i}/node", "incremental", "conv/conv", {"flops": float(i), "bytes": 2.0 * i}, Timing((1e-3 * (i + 1), 2e-3 * (i + 1), 1.5e-3 * (i + 1)))) for i in range(n)]
 
 
-def test_round_trip(tmp_path: Path) -> None:
-    db = Database(str(tmp_path / "a.db"))
+def test_round_trip(db_url: str) -> None:
+    db = Database(db_url)
     device = db.device_id(FP)
     assert db.device_id(FP) == device  # get-or-create
     run = db.start_run(device, "torch", 2, True, {"configs": 3})
@@ -46,8 +48,8 @@ def test_round_trip(tmp_path: Path) -> None:
     assert ref is not None and ref.id == model_id and ref.format_version == 1
     assert db.cost_model_ref(model_id) == ref and db.cost_model(model_id).body == {"a": [1.0, 2.0]}  # type: ignore[union-attr]
     assert db.cost_model_ref(device_key=FP.key, backend="ort") is None and db.cost_model_ref(model_id + 1) is None
-    # A second process opening the same file sees the same data.
-    again = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    # A second process opening the same database sees the same data.
+    again = Database(db_url)
     summary = again.summary()
     assert summary.counts == {"devices": 1, "profile runs": 1, "measurements": 3, "cost models": 1, "plans": 0}
     assert summary.revision == "0003"
@@ -63,8 +65,8 @@ def _writer(path: str, tag: str, runs: int) -> None:
         db.finish_run(run)
 
 
-def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")  # created by the writers themselves, racing to migrate it
+def test_concurrent_writers_lose_nothing(db_url: str) -> None:
+    path = db_url  # created by the writers themselves, racing to migrate it
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(path, tag, 5)) for tag in ("a", "b", "c")]
     for p in procs:
@@ -101,8 +103,8 @@ def test_previous_schema_upgrades_in_place(tmp_path: Path) -> None:
         assert conn.execute(sa.text("SELECT device_class FROM devices")).scalar() == "cpu:Old CPU"
 
 
-def test_migrations_build_the_schema_the_code_uses(tmp_path: Path) -> None:
-    db = Database(str(tmp_path / "m.db"))
+def test_migrations_build_the_schema_the_code_uses(db_url: str) -> None:
+    db = Database(db_url)
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []

@@ -162,6 +162,8 @@ class Database:
         cfg = _alembic_config()
         script = ScriptDirectory.from_config(cfg)
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # processes opening a new database migrate it one at a time
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(72656769)"))
             tables = set(sa.inspect(conn).get_table_names())
             current = MigrationContext.configure(conn).get_current_revision()
             if current is None and tables - {"alembic_version"}:
