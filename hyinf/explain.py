@@ -9,6 +9,7 @@ import operator
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -24,11 +25,11 @@ from hyinf.graph.sources import is_onnx
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.kept import Kept
 from hyinf.modes import BACKENDS, MODES, OUTPUTS
-from hyinf.planner.document import PlanDocument
+from hyinf.planner.document import PlanDocument, settings_key
 from hyinf.planner.plan import Plan
-from hyinf.planner.select import choose_plan
+from hyinf.planner.select import Fetch, choose_plan
 from hyinf.plans_db.location import existing_database
-from hyinf.profiler.machine import fingerprint
+from hyinf.profiler.machine import DeviceFingerprint, fingerprint
 from hyinf.quality import Quality, compare
 from hyinf.runtime.budget import batch_size_for, bytes_per_position, check_limits
 from hyinf.runtime.cache import ModelCache, content_digest
@@ -37,7 +38,13 @@ from hyinf.runtime.estimate import check_fits, estimate_torch
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.occlusion import PatchSpans, patch_fill
 from hyinf.runtime.program import TorchProgram
-from hyinf.runtime.verify import check_batches, check_output, check_torch, float32, program_output
+from hyinf.runtime.verify import (
+    check_batches,
+    check_output,
+    check_torch,
+    float32,
+    program_output,
+)
 from hyinf.runtime.windows import span_mask
 
 if TYPE_CHECKING:  # ONNX, ONNX Runtime and the database load where a run uses them, not on import
@@ -93,6 +100,7 @@ class Explanation:
     timings: dict[str, float] = field(default_factory=dict)
     node_modes: dict[str, str] = field(default_factory=dict)
     approximation: Approximation | None = None  # None: exact
+    plan_source: str | None = None  # where the plan came from: given, local, registry or planned (None: no plan)
 
 
 @dataclass(frozen=True)
@@ -185,12 +193,13 @@ def _target(target: object, base_out: torch.Tensor, classes: int) -> int:
 
 
 def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | PlanDocument | None = None, *,
-                   db: str | None = None, model_name: str = "", backend: str = "torch") -> BlockedEngine:
+                   db: str | None = None, model_name: str = "", backend: str = "torch", registry: str | None = None) -> BlockedEngine:
     """The engine for `mode` ("hybrid", "incremental" or "full"), or for `plan` when one is given.
 
     A hybrid run without a plan uses the plan stored for this model structure, grid and device in
-    the plans database (`db`, else $HYINF_DB, else the user's database if it exists), or plans now
-    with the device's cost model.
+    the plans database (`db`, else $HYINF_DB, else the user's database if it exists), else the plans
+    service's (`registry`, else $HYINF_REGISTRY; kept in the local database), or plans now with the
+    device's cost model.
     """
     if isinstance(plan, Plan):
         unknown = sorted(set(plan.modes) - set(program.graph.by_name))
@@ -198,23 +207,54 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
             raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
     if isinstance(plan, Plan) or (plan is None and mode != "hybrid"):
         fixed = plan or Plan.uniform(mode)
-        return _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "")
+        return _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "",
+                               "given" if isinstance(plan, Plan) else None)
     url = existing_database(db)
     database = None
     if url is not None:
         from hyinf.plans_db import Database
 
         database = Database(url)
-    chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name, backend=backend)
-    return _blocked_engine(program, grid, chosen.blocks, chosen.source)
+    chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name, backend=backend,
+                         fetch=_registry_fetch(registry, db))
+    return _blocked_engine(program, grid, chosen.blocks, chosen.source, chosen.kind)
 
 
-def _blocked_engine(program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str) -> BlockedEngine:
+def _registry_fetch(url: str | None, db: str | None) -> Fetch | None:
+    """The lookup of the plans service named by `url` or $HYINF_REGISTRY (None when none is): a plan it
+    has is kept in the local database (`db`), so the next run finds it there."""
+    from hyinf.registry import Registry, RegistryWarning
+
+    registry = Registry.from_env(url)
+    if registry is None:
+        return None
+
+    def fetch(fingerprint: str, settings: dict[str, Any], device: DeviceFingerprint) -> tuple[PlanDocument, str] | None:
+        found = registry.fetch(fingerprint, settings, device)
+        if found is None:
+            return None
+        from hyinf.plans_db import Database, DatabaseError
+        from hyinf.plans_db.store import Provenance
+
+        document = found.document
+        try:
+            Database(db).save_plan(document.model_fingerprint, settings_key(document.settings), device, None, dict(document.body),
+                                   Provenance(publisher=f"registry {registry.url} plan {found.plan_id}"))
+        except DatabaseError as e:
+            warnings.warn(f"the registry's plan is not kept locally: {e}", RegistryWarning, stacklevel=2)
+        differs = f"; its device differs in {', '.join(found.differs)}" if found.match == "class" and found.differs else ""
+        return document, f"registry plan {found.plan_id} ({found.match} match{differs})"
+
+    return fetch
+
+
+def _blocked_engine(program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str,
+                    plan_source: str | None = None) -> BlockedEngine:
     """The engine for these blocks and plans, built once per program: building one (every block's
     windows, offsets and reads) took 0.04-0.12 s of every call on resnet18, vgg16 and resnet50."""
     plans = tuple((block, p.strategy, p.default, tuple(sorted(p.modes.items()))) for block, p in blocks)
-    key = (id(program), grid, plans, source)
-    return _ENGINES.get(key, lambda: BlockedEngine(program, grid, blocks, source), valid=lambda engine: engine.program is program)
+    key = (id(program), grid, plans, source, plan_source)
+    return _ENGINES.get(key, lambda: BlockedEngine(program, grid, blocks, source, plan_source), valid=lambda engine: engine.program is program)
 
 
 def _plan_key(engine: BlockedEngine) -> tuple[Any, ...]:
@@ -265,6 +305,7 @@ class _Pass:
     batch_size: int
     mode: str
     node_modes: dict[str, str]
+    plan_source: str | None = None  # given | local | registry | planned
 
 
 @dataclass(frozen=True)
@@ -275,6 +316,7 @@ class _Settings:
     backend: str
     batch_size: int | None
     max_memory: int | None
+    registry: str | None = None
 
 
 def _naive_pass(model: nn.Module, traced: Callable[[], TorchProgram], batch: torch.Tensor, grid: OcclusionGrid, fill: torch.Tensor,
@@ -301,7 +343,7 @@ def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch:
     if s.mode == "naive":  # the whole model on every occluded image, in ONNX Runtime
         engine = BlockedEngine(program, grid, [(grid, Plan.uniform("full"))])
     else:
-        engine = compile_engine(program, grid, s.mode, s.plan, db=s.db, backend=s.backend)
+        engine = compile_engine(program, grid, s.mode, s.plan, db=s.db, backend=s.backend, registry=s.registry)
     size = batch_size_for(bytes_per_position(engine), len(grid), s.max_memory, s.batch_size, batch.device)
     clean = CleanImage(program, batch)
     runner: BlockedEngine | OrtEngine = engine
@@ -312,7 +354,7 @@ def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch:
         runner = _ORT_ENGINES.get(identity, settings, lambda: _ort_engine(engine, identity)) if identity is not None else OrtEngine(engine)
         runner.session(clean, fill, size)  # built (or found) now, so compile_s holds it
     mode = s.mode if s.mode == "naive" else f"{s.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''})"
-    return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes)
+    return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes, engine.plan_source)
 
 
 def _ort_engine(engine: BlockedEngine, identity: nn.Module | str) -> OrtEngine:
@@ -358,6 +400,7 @@ def explain(
     coarse_stride: int | tuple[int, int] | None = None,
     check_exact: bool = False,
     progress: bool = False,
+    registry: str | None = None,
 ) -> Explanation:
     """Occlusion heatmap of `image` under `model`, equal to naive re-inference of every occluded image
     unless an approximation is asked for.
@@ -377,6 +420,9 @@ def explain(
     `coarse_stride` (default twice `stride`) and the fine stride only over that fraction of the
     coarse cells where the coarse heatmap is highest. `check_exact` also runs the exact heatmap and
     reports the distance in `approximation.quality` (an exact run has no `approximation`).
+
+    `registry` (else $HYINF_REGISTRY, with $HYINF_TOKEN) names a plans service (`hyinf serve`) asked for
+    a hybrid plan when the local database has none; `plan_source` says where the plan came from.
     """
     if mode not in MODES:
         raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -403,7 +449,7 @@ def explain(
     drilldown.check_drill_down(drill_down, coarse_grid.stride, grid)
     drilling = drill_down < 1
     fill = patch_fill(patch_value, batch.shape[1], dev, batch.dtype)
-    settings = _Settings(mode, plan, db, backend, batch_size, max_memory)
+    settings = _Settings(mode, plan, db, backend, batch_size, max_memory, registry)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     if imported is None:  # an ONNX import was checked against memory before it ran anything
@@ -476,7 +522,7 @@ def explain(
         if check_exact:
             exact = explain(source, image, target=target, patch=patch, stride=stride, patch_value=patch_value, mode=mode,
                             plan=plan if isinstance(plan, Plan) else None, db=db, backend=backend, device=device, output=output,
-                            batch_size=batch_size, max_memory=max_memory, progress=progress)
+                            batch_size=batch_size, max_memory=max_memory, progress=progress, registry=registry)
             quality = compare(heatmap, exact.heatmap)
             timings["exact_s"] = exact.timings["total_s"]
         approximation = Approximation(grid.threshold, drill_down, coarse_grid.stride if drilling else None, evaluated, len(grid), quality)
@@ -492,4 +538,5 @@ def explain(
         timings=timings,
         node_modes=fine.node_modes,
         approximation=approximation,
+        plan_source=fine.plan_source,
     )

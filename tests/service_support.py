@@ -6,6 +6,7 @@ is set (CI sets it): then they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -34,11 +35,11 @@ def _postgres_or_skip() -> None:
         pytest.skip(f"no PostgreSQL at {POSTGRES_URL}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of the test's own: a SQLite file, or a fresh schema in the PostgreSQL test database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'service.db'}"
+@contextlib.contextmanager
+def _database(kind: str, folder: Path) -> Iterator[str]:
+    """A database of its own: a SQLite file in `folder`, or a fresh schema in the PostgreSQL test database."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / f'service-{uuid.uuid4().hex[:8]}.db'}"
         return
     _postgres_or_skip()
     import psycopg
@@ -49,6 +50,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     with psycopg.connect(POSTGRES_URL.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of the test's own, on SQLite and on PostgreSQL."""
+    with _database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per module and database kind (starting one takes seconds): its tests keep to
+    devices of their own (`fp`), so they neither see nor disturb each other's rows."""
+    with _database(request.param, tmp_path_factory.mktemp("service")) as url:
+        s = start_server(url)
+        yield s
+        s.stop()
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own on SQLite, for clients (the database kinds are covered by the server's tests)."""
+    with _database("sqlite", tmp_path) as url:
+        s = start_server(url)
+        yield s
+        s.stop()
 
 
 def free_port() -> int:
@@ -95,8 +122,3 @@ def start_server(db: str, *extra: str) -> Server:
     raise RuntimeError("hyinf serve did not answer within 60 s")
 
 
-@pytest.fixture
-def server(db_url: str) -> Iterator[Server]:
-    s = start_server(db_url)
-    yield s
-    s.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import uuid
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -21,9 +22,20 @@ from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.document import SCHEMA_VERSION, PlanDocument
 from hyinf.planner.select import make_plan
 from hyinf.profiler.machine import DeviceFingerprint
-from service_support import HYINF, Server, db_url, server, start_server  # noqa: F401  (fixtures)
+from service_support import HYINF, Server, db_url, shared_server, start_server  # noqa: F401  (fixtures)
 
 FP = DeviceFingerprint("cpu", "Test CPU 9000", 8, "", "2.14.1", "1.20.0")
+
+
+@pytest.fixture
+def server(shared_server: Server) -> Server:
+    return shared_server
+
+
+@pytest.fixture
+def fp() -> DeviceFingerprint:
+    """A device class of the test's own on the shared server."""
+    return replace(FP, name=f"Test CPU {uuid.uuid4().hex[:8]}")
 SETTINGS = {"image_size": [32, 32], "patch": [8, 8], "stride": [4, 4], "backend": "torch"}
 
 
@@ -58,8 +70,8 @@ def test_health_openapi_and_errors_are_json(server: Server) -> None:
             assert 400 <= response.status_code < 500 and "error" in response.json(), response.text
 
 
-def test_tokens_decide_who_may_write(server: Server) -> None:
-    document = _document(_graph()).body
+def test_tokens_decide_who_may_write(server: Server, fp: DeviceFingerprint) -> None:
+    document = _document(_graph(), fp).body
     reader, publisher, admin = server.token("read"), server.token("publish", "ci"), server.token("admin")
     with server.client() as anonymous:
         refused = anonymous.post("/v1/plans", json={"document": document})
@@ -92,9 +104,9 @@ def test_private_reads_need_a_token(db_url: str) -> None:
         s.stop()
 
 
-def test_publishing_is_idempotent_and_downloads_carry_their_digest(server: Server) -> None:
+def test_publishing_is_idempotent_and_downloads_carry_their_digest(server: Server, fp: DeviceFingerprint) -> None:
     graph = _graph()
-    document = _document(graph).body
+    document = _document(graph, fp).body
     with server.client(server.token("publish")) as c:
         first = c.post("/v1/plans", json={"document": document, "structure": graph_to_json(graph)})
         again = c.post("/v1/plans", json={"document": json.loads(json.dumps(document))})
@@ -103,14 +115,14 @@ def test_publishing_is_idempotent_and_downloads_carry_their_digest(server: Serve
         got = c.get(f"/v1/plans/{first.json()['id']}")
         assert got.headers["etag"] == f'"{digest(got.json())}"' and got.json() == json.loads(json.dumps(document))
         assert c.get(f"/v1/plans/{first.json()['id']}", headers={"if-none-match": got.headers["etag"]}).status_code == 304
-        listed = c.get("/v1/plans", params={"fingerprint": graph_fingerprint(graph)}).json()
+        listed = c.get("/v1/plans", params={"fingerprint": graph_fingerprint(graph), "device_class": fp.device_class}).json()
         assert [p["id"] for p in listed] == [first.json()["id"]] and listed[0]["publisher"] == "publish"
 
 
 @pytest.mark.parametrize("case", ["other model", "bad blocks", "schema version", "not a plan", "nodes renamed"])
-def test_plans_that_do_not_fit_are_refused_whole(server: Server, case: str) -> None:
+def test_plans_that_do_not_fit_are_refused_whole(server: Server, fp: DeviceFingerprint, case: str) -> None:
     graph = _graph()
-    document = json.loads(json.dumps(_document(graph).body))
+    document = json.loads(json.dumps(_document(graph, fp).body))
     structure = graph_to_json(graph)
     if case == "other model":
         structure = graph_to_json(_graph(width=6))
@@ -127,7 +139,8 @@ def test_plans_that_do_not_fit_are_refused_whole(server: Server, case: str) -> N
     with server.client(server.token("publish")) as c:
         refused = c.post("/v1/plans", json={"document": document, "structure": structure})
         assert refused.status_code == 422 and refused.json()["error"], refused.text
-        assert c.get("/v1/plans").json() == []  # nothing written
+        assert c.get("/v1/plans", params={"device_class": fp.device_class}).json() == []  # nothing written
+        assert fp.device_class not in {d["device_class"] for d in c.get("/v1/devices").json()}
 
 
 def test_bodies_over_the_limit_are_refused(server: Server) -> None:
@@ -143,52 +156,52 @@ def test_bodies_over_the_limit_are_refused(server: Server) -> None:
         assert streamed.status_code == 413
 
 
-def test_search_plans_on_the_server_and_finds_it_again(server: Server) -> None:
+def test_search_plans_on_the_server_and_finds_it_again(server: Server, fp: DeviceFingerprint) -> None:
     graph = _graph()
-    request = {"structure": graph_to_json(graph), "settings": SETTINGS, "device": _device(FP)}
+    request = {"structure": graph_to_json(graph), "settings": SETTINGS, "device": _device(fp)}
     with server.client(server.token("publish")) as c:
         first = c.post("/v1/plans/search", json=request)
         assert first.status_code == 201, first.text
         again = c.post("/v1/plans/search", json=request)
         assert again.status_code == 200 and again.json()["plan"]["id"] == first.json()["plan"]["id"]
-        by_class = c.post("/v1/plans/search", json={**request, "device": None, "device_class": FP.device_class})
+        by_class = c.post("/v1/plans/search", json={**request, "device": None, "device_class": fp.device_class})
         assert by_class.json()["plan"]["id"] == first.json()["plan"]["id"]
         document = PlanDocument.parse(json.dumps(first.json()["document"]))
         assert document.model_fingerprint == graph_fingerprint(graph)
-        assert document.bind(graph, OcclusionGrid.make((32, 32), 8, 4), FP)  # a plan this model can run
+        assert document.bind(graph, OcclusionGrid.make((32, 32), 8, 4), fp)  # a plan this model can run
         unknown = c.post("/v1/plans/search", json={**request, "device": None, "device_class": "cpu:Nowhere"})
-        assert unknown.status_code == 404 and FP.device_class in unknown.json()["known_classes"]
+        assert unknown.status_code == 404 and "known_classes" in unknown.json()
         wrong_size = c.post("/v1/plans/search", json={**request, "settings": {**SETTINGS, "image_size": [64, 64]}})
         assert wrong_size.status_code == 422
 
 
-def test_lookup_is_graded_exact_then_class_then_a_miss_that_names_what_differed(server: Server) -> None:
-    graph = _graph()
+def test_lookup_is_graded_exact_then_class_then_a_miss_that_names_what_differed(server: Server, fp: DeviceFingerprint) -> None:
+    graph = _graph(width=5)  # a structure of this test's own: the closest plans are its own
     with server.client(server.token("publish")) as c:
-        c.post("/v1/plans", json={"document": _document(graph).body}).raise_for_status()
-        ask = {"fingerprint": graph_fingerprint(graph), "settings": SETTINGS, "device": _device(FP)}
+        c.post("/v1/plans", json={"document": _document(graph, fp).body}).raise_for_status()
+        ask = {"fingerprint": graph_fingerprint(graph), "settings": SETTINGS, "device": _device(fp)}
         exact = c.post("/v1/plans/match", json=ask).json()
         assert exact["match"] == "exact" and exact["differs"] == []
-        newer = replace(FP, torch_version="2.15.0", cores=16)
+        newer = replace(fp, torch_version="2.15.0", cores=16)
         near = c.post("/v1/plans/match", json={**ask, "device": _device(newer)}).json()
         assert near["match"] == "class" and near["differs"] == ["cores", "torch_version"]
         assert near["plan"]["id"] == exact["plan"]["id"]
         miss = c.post("/v1/plans/match", json={**ask, "settings": {**SETTINGS, "stride": [8, 8]},
-                                               "device": _device(replace(FP, name="Other CPU"))})
+                                               "device": _device(replace(fp, name="Other CPU"))})
         assert miss.status_code == 404
-        assert miss.json()["closest"] == [{"id": exact["plan"]["id"], "differs": ["settings", "device class"]}]
+        assert miss.json()["closest"][0] == {"id": exact["plan"]["id"], "differs": ["settings", "device class"]}
 
 
-def test_retracted_plans_leave_lookups(server: Server) -> None:
+def test_retracted_plans_leave_lookups(server: Server, fp: DeviceFingerprint) -> None:
     graph = _graph()
     with server.client(server.token("publish")) as c:
-        plan_id = c.post("/v1/plans", json={"document": _document(graph).body}).json()["id"]
+        plan_id = c.post("/v1/plans", json={"document": _document(graph, fp).body}).json()["id"]
     with server.client(server.token("admin")) as c:
         assert c.delete(f"/v1/plans/{plan_id}").json()["retracted"] is True
         assert c.delete(f"/v1/plans/{plan_id}").json()["retracted"] is False
         assert c.get(f"/v1/plans/{plan_id}").status_code == 410
-        assert c.get("/v1/plans").json() == []
-        ask = {"fingerprint": graph_fingerprint(graph), "settings": SETTINGS, "device": _device(FP)}
+        assert c.get("/v1/plans", params={"device_class": fp.device_class}).json() == []
+        ask = {"fingerprint": graph_fingerprint(graph), "settings": SETTINGS, "device": _device(fp)}
         assert c.post("/v1/plans/match", json=ask).status_code == 404
 
 
@@ -202,34 +215,34 @@ def _samples(count: int) -> list[dict[str, Any]]:
     return out
 
 
-def test_uploaded_runs_fit_a_cost_model_that_search_then_uses(server: Server) -> None:
+def test_uploaded_runs_fit_a_cost_model_that_search_then_uses(server: Server, fp: DeviceFingerprint) -> None:
     samples = _samples(40)
-    run = {"device": _device(FP), "backend": "torch", "threads": 2, "quick": True, "settings": {"configs": 40}, "samples": samples}
+    run = {"device": _device(fp), "backend": "torch", "threads": 2, "quick": True, "settings": {"configs": 40}, "samples": samples}
     with server.client(server.token("publish")) as c:
         run_id = c.post("/v1/profile-runs", json=run).json()["id"]
-        fitted = c.post("/v1/cost-models/fit", json={"device_class": FP.device_class})
+        fitted = c.post("/v1/cost-models/fit", json={"device_class": fp.device_class})
         assert fitted.status_code == 201, fitted.text
-        assert c.post("/v1/cost-models/fit", json={"device_class": FP.device_class}).json()["created"] is False
+        assert c.post("/v1/cost-models/fit", json={"device_class": fp.device_class}).json()["created"] is False
         model = c.get(f"/v1/cost-models/{fitted.json()['id']}").json()["model"]
         assert model["run_ids"] == [run_id] and model["metrics"]["learned"]["count"] > 0 and model["digest"] == fitted.json()["digest"]
         graph = _graph()
-        found = c.post("/v1/plans/search", json={"structure": graph_to_json(graph), "settings": SETTINGS, "device": _device(FP)}).json()
+        found = c.post("/v1/plans/search", json={"structure": graph_to_json(graph), "settings": SETTINGS, "device": _device(fp)}).json()
         assert found["plan"]["cost_model_id"] == model["id"] and found["document"]["cost_model"] == {"kind": "learned", "id": model["id"]}
         body = c.get(f"/v1/cost-models/{model['id']}").json()["body"]
-        republished = c.post("/v1/cost-models", json={"device": _device(FP), "format_version": model["format_version"],
+        republished = c.post("/v1/cost-models", json={"device": _device(fp), "format_version": model["format_version"],
                                                       "run_ids": [run_id], "body": body, "metrics": {}})
         assert republished.json() == {"id": model["id"], "digest": model["digest"], "created": False}
-        orphan = c.post("/v1/cost-models", json={"device": _device(FP), "format_version": model["format_version"], "run_ids": [999],
+        orphan = c.post("/v1/cost-models", json={"device": _device(fp), "format_version": model["format_version"], "run_ids": [999],
                                                  "body": body, "metrics": {}})
         assert orphan.status_code == 422 and "lineage" in orphan.json()["error"]
-        garbage = c.post("/v1/cost-models", json={"device": _device(FP), "format_version": model["format_version"], "run_ids": [],
+        garbage = c.post("/v1/cost-models", json={"device": _device(fp), "format_version": model["format_version"], "run_ids": [],
                                                   "body": {"trees": 1}, "metrics": {}})
         assert garbage.status_code == 422
 
 
-def test_concurrent_publishers_lose_and_duplicate_nothing(server: Server) -> None:
+def test_concurrent_publishers_lose_and_duplicate_nothing(server: Server, fp: DeviceFingerprint) -> None:
     graph = _graph()
-    documents = [_document(graph, replace(FP, cores=n)).body for n in range(1, 9)]
+    documents = [_document(graph, replace(fp, cores=n)).body for n in range(1, 9)]
     token = server.token("publish")
     answers: list[tuple[int, int]] = []
 
@@ -246,7 +259,7 @@ def test_concurrent_publishers_lose_and_duplicate_nothing(server: Server) -> Non
         t.join()
     assert {status for status, _ in answers} <= {200, 201}
     with server.client() as c:
-        stored = c.get("/v1/plans").json()
+        stored = c.get("/v1/plans", params={"device_class": fp.device_class}).json()
     assert len(stored) == len(documents) == len({i for _, i in answers})
     assert sorted(p["digest"] for p in stored) == sorted(digest(json.loads(json.dumps(d))) for d in documents)
     assert sum(status == 201 for status, _ in answers) == len(documents)

@@ -15,6 +15,7 @@ import click
 
 from hyinf.errors import HyinfError, PlanWarning
 
+REGISTRY_HELP = "Plans service URL (`hyinf serve`; default: $HYINF_REGISTRY), with the token in $HYINF_TOKEN."
 DB_HELP = "Database URL or SQLite file (default: $HYINF_DB or the user data directory)."
 
 
@@ -111,3 +112,17 @@ def writable_folder(path: Path) -> None:
 def finite(value: float | None, name: str) -> None:
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"must be a finite number, got {value}", param_hint=name)
+
+
+def publishing_registry(publish: bool, url: str | None) -> Any:
+    """The registry a command publishes to (None without --publish), checked before any long work."""
+    if not publish:
+        return None
+    from hyinf.registry import Registry
+
+    registry = Registry.from_env(url)
+    if registry is None:
+        raise click.UsageError("--publish needs a plans service: --registry URL or HYINF_REGISTRY")
+    if not registry.token:
+        raise click.UsageError("--publish needs a publish token in HYINF_TOKEN (`hyinf serve token create --role publish`)")
+    return registry

@@ -11,10 +11,17 @@ import click
 
 import hyinf
 from hyinf.cli import main
-from hyinf.cli.common import DB_HELP, Laps, finite, pair_option, user_errors, writable_folder
-from hyinf.paths import check_readable_file
+from hyinf.cli.common import (
+    DB_HELP,
+    REGISTRY_HELP,
+    Laps,
+    finite,
+    pair_option,
+    user_errors,
+    writable_folder,
+)
 from hyinf.modes import BACKENDS, MODES, OUTPUTS
-
+from hyinf.paths import check_readable_file
 
 RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 
@@ -42,6 +49,7 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 @click.option("--plan", "plan_file", type=click.Path(path_type=Path),
               help="Run this plan file (from `hyinf plan -o` or `hyinf plans export`) instead of choosing one.")
 @click.option("--db", "db_url", help=DB_HELP)
+@click.option("--registry", help=REGISTRY_HELP)
 @click.option("--approx-threshold", "threshold", type=float, default=1.0, show_default=True,
               help="Projective-field threshold TAU in (0, 1]: incremental windows span at most TAU of each map's side (1 = exact).")
 @click.option("--drill-down", "ratio", type=float, default=1.0, show_default=True,
@@ -54,7 +62,7 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 def explain(model: str, image: Path | None, target: int | None, patch: int | tuple[int, int], stride: int | tuple[int, int],
             patch_value: float, patch_space: str,
             mode: str, score: str, device: str, backend: str, image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
-            max_memory: float | None, plan_file: Path | None, db_url: str | None, threshold: float, ratio: float, coarse_stride: int | tuple[int, int] | None,
+            max_memory: float | None, plan_file: Path | None, db_url: str | None, registry: str | None, threshold: float, ratio: float, coarse_stride: int | tuple[int, int] | None,
             check_exact: bool, out_dir: Path, quiet: bool) -> None:
     """Occlusion heatmap of IMAGE under MODEL.
 
@@ -78,6 +86,9 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
     laps.lap("imports_s")  # the engine's modules load here, not for `hyinf --help`
     # Everything that can be checked without the model is, before the model is loaded.
     finite(patch_value, "--patch-value")
+    from hyinf.registry import Registry
+
+    Registry.from_env(registry)  # a malformed URL is refused now, not after the model loads
     finite(max_memory, "--max-memory")
     if max_memory is not None and max_memory <= 0:
         raise click.BadParameter(f"must be a positive number of GiB, got {max_memory}", param_hint="--max-memory")
@@ -117,7 +128,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
         loaded.module, loaded.normalise(pixels), target=target, patch=patch, stride=stride, patch_value=value,
         mode=mode, plan=plan, db=db_url, device=device, backend=backend, output=score, batch_size=batch_size,
         max_memory=None if max_memory is None else max_memory * 1024**3, approx_threshold=threshold, drill_down=ratio,
-        coarse_stride=coarse_stride, check_exact=check_exact, progress=not quiet and sys.stderr.isatty(),
+        coarse_stride=coarse_stride, check_exact=check_exact, progress=not quiet and sys.stderr.isatty(), registry=registry,
     )
     laps.lap("explain_s")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +149,7 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
         "base_score": result.base_score,
         "positions": list(result.grid.shape),
         "mode": result.mode,
+        "plan_source": result.plan_source,  # given, local, registry or planned; null where the mode needs no plan
         "timings_s": result.timings,  # inside hyinf.explain: trace, verify, compile (plan, engine, sessions), positions
         "process_s": laps.times,  # this command's fixed costs around it, from process start to the last file
         "node_modes": result.node_modes,

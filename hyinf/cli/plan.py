@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from hyinf.cli import main
-from hyinf.cli.common import DB_HELP, pair_option, user_errors, writable_file
+from hyinf.cli.common import (
+    DB_HELP,
+    REGISTRY_HELP,
+    pair_option,
+    publishing_registry,
+    user_errors,
+    writable_file,
+)
 from hyinf.paths import check_readable_file
 
 
@@ -29,9 +36,12 @@ from hyinf.paths import check_readable_file
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the plan to this JSON file.")
 @click.option("--explain", "explain_plan", is_flag=True, help="Print each node's costs and chosen mode.")
 @click.option("--db", "db_url", help=DB_HELP)
+@click.option("--publish", is_flag=True, help="Also publish the plan, with the model's structure (no weights), to the plans service.")
+@click.option("--registry", help=REGISTRY_HELP)
 @user_errors
 def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int, int], stride: int | tuple[int, int], device: str, threshold: float, cost_model_id: int | None, backend: str,
-         strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None) -> None:
+         strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None, publish: bool,
+         registry: str | None) -> None:
     """Plan MODEL's hybrid evaluation and store the plan for `hyinf explain`.
 
     MODEL is demo, torchvision:NAME, an .onnx file, a torch.export (.pt2) or a TorchScript file.
@@ -52,6 +62,7 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
 
     dev = resolve_device(device)
     writable_file(output)
+    service = publishing_registry(publish, registry)
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     size = tuple(image_size) if image_size else loaded.image_size
     program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
@@ -73,6 +84,11 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
                f"{strategy}, {source['kind']} cost model{' ' + str(source['id']) if source['id'] else ''}, planned in {seconds:.2f} s")
     click.echo("predicted: " + ", ".join(f"{k} {v:.2f} s" for k, v in predicted.items()))
     click.echo(f"saved in {db.url}" + (f" and {output}" if output else ""))
+    if service is not None:
+        from hyinf.graph.ir_json import graph_to_json
+
+        published = service.publish_plan(dict(document.body), graph_to_json(program.graph))
+        click.echo(f"published as plan {published['id']} to {service.url}" + ("" if published["created"] else " (it was there already)"))
 
 
 def _print_explanation(body: dict) -> None:
@@ -203,3 +219,44 @@ def import_plan(file: Path, db_url: str | None) -> None:
     document = PlanDocument.parse(file.read_bytes(), str(file))
     plan_id = Database(db_url).save_plan(document.model_fingerprint, settings_key(document.settings), document.device, None, dict(document.body))
     click.echo(f"imported {file} as plan {plan_id} ({document.body['model']['name']}, made for {document.device.description})")
+
+
+@plans.command()
+@click.argument("plan_id", type=int)
+@click.option("--registry", help=REGISTRY_HELP)
+@click.option("--db", "db_url", help=DB_HELP)
+@user_errors
+def push(plan_id: int, registry: str | None, db_url: str | None) -> None:
+    """Publish stored plan PLAN_ID to the plans service (needs a publish token in HYINF_TOKEN).
+
+    Example: HYINF_TOKEN=... hyinf plans push 3 --registry http://plans.internal:8750
+    """
+    service = publishing_registry(True, registry)
+    published = service.publish_plan(_stored(db_url, plan_id))
+    click.echo(f"pushed plan {plan_id} as plan {published['id']} ({published['digest'][:12]}) to {service.url}"
+               + ("" if published["created"] else "; it was there already"))
+
+
+@plans.command()
+@click.argument("plan_id", type=int)
+@click.option("--registry", help=REGISTRY_HELP)
+@click.option("--db", "db_url", help=DB_HELP)
+@user_errors
+def pull(plan_id: int, registry: str | None, db_url: str | None) -> None:
+    """Fetch plan PLAN_ID from the plans service (its digest checked) and store it here.
+
+    Example: hyinf plans pull 12 --registry http://plans.internal:8750
+    """
+    from hyinf.planner.document import settings_key
+    from hyinf.plans_db import Database
+    from hyinf.plans_db.store import Provenance
+    from hyinf.registry import Registry
+
+    service = Registry.from_env(registry)
+    if service is None:
+        raise click.UsageError("name the plans service: --registry URL or HYINF_REGISTRY")
+    document = service.pull(plan_id)
+    stored = Database(db_url).save_plan(document.model_fingerprint, settings_key(document.settings), document.device, None,
+                                        dict(document.body), Provenance(publisher=f"registry {service.url} plan {plan_id}"))
+    click.echo(f"pulled plan {plan_id} from {service.url} as plan {stored} ({document.body['model']['name'] or 'model'}, "
+               f"made for {document.device.description})")

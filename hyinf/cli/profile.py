@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 
 from hyinf.cli import main
-from hyinf.cli.common import DB_HELP, pair_option, user_errors
+from hyinf.cli.common import (
+    DB_HELP,
+    REGISTRY_HELP,
+    pair_option,
+    publishing_registry,
+    user_errors,
+)
 
 
 @main.command()
@@ -23,10 +29,13 @@ from hyinf.cli.common import DB_HELP, pair_option, user_errors
 @click.option("--configs", type=click.IntRange(min=1), help="Sweep this many operator configurations (default 2000, 400 with --quick).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads to time with (default: torch's default).")
 @click.option("--db", "db_url", help=DB_HELP)
+@click.option("--publish", is_flag=True, help="Upload the run to the plans service and have it fit the device class's cost model.")
+@click.option("--registry", help=REGISTRY_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size: tuple[int, int] | None, patch: int | tuple[int, int], stride: int | tuple[int, int],
-            weights: Path | None, quick: bool, configs: int | None, threads: int | None, db_url: str | None, quiet: bool) -> None:
+            weights: Path | None, quick: bool, configs: int | None, threads: int | None, db_url: str | None, publish: bool,
+            registry: str | None, quiet: bool) -> None:
     """Measure this device's incremental, full and conversion costs and fit its cost model.
 
     Run once per machine (and after upgrading torch); plans for every model use the result.
@@ -44,6 +53,7 @@ def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size:
     from hyinf.profiler.profile import profile as run_profile
 
     dev = resolve_device(device)
+    service = publishing_registry(publish, registry)
     db = Database(db_url)
     targets = []
     for spec in model_specs:
@@ -73,3 +83,9 @@ def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size:
             click.echo(f"  {name:<27} {r.agree}/{r.nodes} ({r.agree / max(r.nodes, 1):.0%}) / {r.agree + r.ties}/{r.nodes} "
                        f"({(r.agree + r.ties) / max(r.nodes, 1):.0%})")
     click.echo(f"cost model {report.cost_model_id} saved in {db.url}")
+    if service is not None:
+        run = db.run_upload(report.run_id)
+        run_id = service.publish_run(run)
+        fitted = service.fit(report.device.device_class, backend)
+        click.echo(f"published as run {run_id} to {service.url}; its cost model for {report.device.device_class} is {fitted['id']}"
+                   + ("" if fitted["created"] else " (unchanged)"))

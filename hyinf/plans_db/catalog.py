@@ -84,7 +84,7 @@ def plan(db: Database, plan_id: int) -> tuple[PlanRow, Device] | None:
         return (row[0], row[1]) if row is not None else None
 
 
-def retract(db: Database, table: type[PlanRow] | type[CostModelRow], row_id: int) -> bool | None:
+def retract(db: Database, table: type[PlanRow | CostModelRow], row_id: int) -> bool | None:
     """Retract a plan or cost model: hidden from lookups, kept for the record. None when there is no
     such row, False when it was retracted before."""
     with db.session() as s:

@@ -250,6 +250,18 @@ class Database:
                       for x in samples)
             return run.id
 
+    def run_upload(self, run_id: int) -> dict[str, Any]:
+        """A finished run as the plans service takes it (`POST /v1/profile-runs`)."""
+        with self.session() as s:
+            run = s.get_one(ProfileRun, run_id)
+            d = run.device
+            device = {"kind": d.kind, "name": d.name, "cores": d.cores, "driver": d.driver, "torch_version": d.torch_version,
+                      "onnxruntime_version": d.onnxruntime_version}
+            samples = [{"source": m.source, "config": m.config, "kind": m.kind, "op": m.op, "features": m.features, "times": m.times}
+                       for m in run.measurements]
+            return {"device": device, "backend": run.backend, "threads": run.threads, "quick": run.quick, "settings": run.settings,
+                    "samples": samples}
+
     def class_samples(self, device_class: str, backend: str) -> tuple[list[int], list[Sample]]:
         """The finished runs of every device of a class on a backend, and every sample they measured."""
         with self.session() as s:

@@ -14,6 +14,7 @@ import os
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as FastPath
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -36,6 +37,8 @@ from hyinf.service.limits import BodyLimit
 from hyinf.service.search import NotFound, check_fits, match, search
 
 DB_VAR, PUBLIC_VAR = "HYINF_SERVE_DB", "HYINF_SERVE_PUBLIC_READ"
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL's text holds no NUL characters
+RowId = Annotated[int, FastPath(ge=1, le=2**31 - 1, description="a row id")]  # the databases' integer ids
 Reader = Annotated[Holder, Depends(require("read"))]
 Publisher = Annotated[Holder, Depends(require("publish"))]
 Admin = Annotated[Holder, Depends(require("admin"))]
@@ -106,7 +109,7 @@ def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
         return [device_out(d) for d in catalog.devices(db)]
 
     @app.get("/v1/profile-runs")
-    def profile_runs(_: Reader, device_class: Annotated[str | None, Query(max_length=220)] = None) -> list[schemas.ProfileRunOut]:
+    def profile_runs(_: Reader, device_class: Annotated[str | None, Query(max_length=220, pattern=NO_NUL)] = None) -> list[schemas.ProfileRunOut]:
         return [schemas.ProfileRunOut(id=r.id, device_class=c, backend=r.backend, threads=r.threads, quick=r.quick,
                                       hyinf_version=r.hyinf_version, started_at=r.started_at, finished_at=r.finished_at)
                 for r, c in catalog.profile_runs(db, device_class)]
@@ -117,12 +120,12 @@ def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
                                  [s.model_dump() for s in run.samples], who.name)}
 
     @app.get("/v1/cost-models")
-    def cost_models(_: Reader, device_class: Annotated[str | None, Query(max_length=220)] = None,
+    def cost_models(_: Reader, device_class: Annotated[str | None, Query(max_length=220, pattern=NO_NUL)] = None,
                     backend: schemas.Backend | None = None) -> list[schemas.CostModelOut]:
         return [cost_model_out(m, d) for m, d in catalog.cost_models(db, device_class, backend)]
 
     @app.get("/v1/cost-models/{model_id}")
-    def get_cost_model(model_id: int, _: Reader) -> dict[str, Any]:
+    def get_cost_model(model_id: RowId, _: Reader) -> dict[str, Any]:
         found = catalog.cost_model(db, model_id)
         if found is None:
             raise HTTPException(404, f"there is no cost model {model_id}")
@@ -153,23 +156,23 @@ def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
         return schemas.Published(id=model_id, digest=digest(body), created=created)
 
     @app.delete("/v1/cost-models/{model_id}")
-    def retract_cost_model(model_id: int, _: Admin) -> schemas.Retracted:
+    def retract_cost_model(model_id: RowId, _: Admin) -> schemas.Retracted:
         done = catalog.retract(db, CostModelRow, model_id)
         if done is None:
             raise HTTPException(404, f"there is no cost model {model_id}")
         return schemas.Retracted(id=model_id, retracted=done)
 
     @app.get("/v1/plans")
-    def list_plans(_: Reader, fingerprint: Annotated[str | None, Query(max_length=64)] = None,
-                   settings: Annotated[str | None, Query(max_length=64, description="a settings key")] = None,
-                   device: Annotated[str | None, Query(max_length=64, description="a device key")] = None,
-                   device_class: Annotated[str | None, Query(max_length=220)] = None) -> list[schemas.PlanOut]:
+    def list_plans(_: Reader, fingerprint: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+                   settings: Annotated[str | None, Query(max_length=64, pattern=NO_NUL, description="a settings key")] = None,
+                   device: Annotated[str | None, Query(max_length=64, pattern=NO_NUL, description="a device key")] = None,
+                   device_class: Annotated[str | None, Query(max_length=220, pattern=NO_NUL)] = None) -> list[schemas.PlanOut]:
         return [plan_out(p, d) for p, d in catalog.plans(db, fingerprint=fingerprint, settings_key=settings, device_key=device,
                                                          device_class=device_class)]
 
     @app.get("/v1/plans/{plan_id}", responses={200: {"description": "the plan document; its digest is the ETag"},
                                                304: {"description": "unchanged (If-None-Match)"}})
-    def get_plan(plan_id: int, request: Request, _: Reader) -> Response:
+    def get_plan(plan_id: RowId, request: Request, _: Reader) -> Response:
         found = catalog.plan(db, plan_id)
         if found is None:
             raise HTTPException(404, f"there is no plan {plan_id}")
@@ -185,15 +188,11 @@ def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
         document = PlanDocument.parse(json.dumps(body.document), "the published plan")
         if body.structure is not None:
             check_fits(document, graph_from_json(body.structure))
+        # The document describes the publisher's own cost model; only plans searched here link one of the server's.
         plan_id, created = db.publish_plan(document.model_fingerprint, settings_key(document.settings), document.device,
-                                           _cost_model_id(document), dict(document.body), Provenance(publisher=who.name))
+                                           None, dict(document.body), Provenance(publisher=who.name))
         response.status_code = 201 if created else 200
         return schemas.Published(id=plan_id, digest=digest(dict(document.body)), created=created)
-
-    def _cost_model_id(document: PlanDocument) -> int | None:
-        """The stored cost model a published plan names, where this server holds it."""
-        named = document.body["cost_model"].get("id")
-        return named if isinstance(named, int) and catalog.cost_model(db, named) is not None else None
 
     @app.post("/v1/plans/search")
     def search_plan(request: schemas.SearchIn, who: Publisher, response: Response) -> schemas.MatchOut:
@@ -202,18 +201,18 @@ def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
         graph = graph_from_json(request.structure)
         if list(graph.input_node.shape[2:]) != request.settings.image_size:
             raise PlanError(f"the structure takes {tuple(graph.input_node.shape[2:])} images, not {tuple(request.settings.image_size)}")
-        found = search(db, graph, request.settings.model_dump(), request.device.fingerprint() if request.device else None,
+        found = search(db, graph, request.settings.model_dump(exclude_none=True), request.device.fingerprint() if request.device else None,
                        request.device_class, request.strategy, who.name)
         response.status_code = 201 if found.created else 200
         return schemas.MatchOut(match="exact", differs=[], plan=plan_out(found.plan, found.device), document=found.plan.body)
 
     @app.post("/v1/plans/match", responses={404: {"description": "a miss, naming what differed and the closest plans"}})
     def match_plan(request: schemas.MatchIn, _: Reader) -> schemas.MatchOut:
-        kind, differs, row, dev = match(db, request.fingerprint, request.settings.model_dump(), request.device.fingerprint())
+        kind, differs, row, dev = match(db, request.fingerprint, request.settings.model_dump(exclude_none=True), request.device.fingerprint())
         return schemas.MatchOut(match=kind, differs=differs, plan=plan_out(row, dev), document=row.body)
 
     @app.delete("/v1/plans/{plan_id}")
-    def retract_plan(plan_id: int, _: Admin) -> schemas.Retracted:
+    def retract_plan(plan_id: RowId, _: Admin) -> schemas.Retracted:
         done = catalog.retract(db, PlanRow, plan_id)
         if done is None:
             raise HTTPException(404, f"there is no plan {plan_id}")
@@ -224,7 +223,7 @@ def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
         return page.index(db)
 
     @app.get("/plans/{plan_id}", response_class=HTMLResponse, include_in_schema=False)
-    def plan_page(plan_id: int, _: Reader) -> str:
+    def plan_page(plan_id: RowId, _: Reader) -> str:
         found = catalog.plan(db, plan_id)
         if found is None:
             raise HTTPException(404, f"there is no plan {plan_id}")

@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from hyinf.profiler.machine import DeviceFingerprint
 
 Text = Annotated[str, Field(max_length=200)]
 Pair = Annotated[list[Annotated[int, Field(ge=1, le=1 << 16)]], Field(min_length=2, max_length=2)]
 Backend = Literal["torch", "ort"]
+# The database holds UTC times without a zone; answers carry it, as RFC 3339 wants.
+UtcTime = Annotated[datetime, AfterValidator(lambda t: t.replace(tzinfo=UTC) if t.tzinfo is None else t)]
+
+
+def _plain_text(value: Any, depth: int = 0) -> None:
+    """ValueError for text a database cannot hold (NUL characters: PostgreSQL refuses them; lone
+    surrogates: not UTF-8) anywhere in a request, keys included, and for nesting over 64 levels."""
+    if depth > 64:
+        raise ValueError("the request is nested more than 64 levels deep")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text may not hold NUL characters")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _plain_text(key, depth + 1)
+            _plain_text(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _plain_text(item, depth + 1)
 
 
 class Strict(BaseModel):
+    """A request body: no unknown fields, and only text a database can hold."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        _plain_text(data)
+        return data
 
 
 class DeviceIn(Strict):
@@ -36,7 +67,7 @@ class DeviceOut(DeviceIn):
     id: int
     key: str
     device_class: str
-    created_at: datetime
+    created_at: UtcTime
 
 
 class SettingsIn(Strict):
@@ -46,13 +77,14 @@ class SettingsIn(Strict):
     patch: Pair
     stride: Pair
     backend: Backend = "torch"
+    approx_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None  # approximate plans only
 
 
 class Provenance(BaseModel):
     publisher: str
     machine: str
     hyinf_version: str
-    created_at: datetime
+    created_at: UtcTime
     retracted: bool
 
 
@@ -118,8 +150,8 @@ class SampleIn(Strict):
     config: Text
     kind: Literal["incremental", "full", "to_full", "to_win"]
     op: Annotated[str, Field(max_length=64)]
-    features: dict[Annotated[str, Field(max_length=64)], float]
-    times: Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Field(min_length=1, max_length=1000)]
+    features: dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(ge=-1e18, le=1e18, allow_inf_nan=False)]]
+    times: Annotated[list[Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]], Field(min_length=1, max_length=1000)]
 
 
 class ProfileRunIn(Strict):
@@ -140,8 +172,8 @@ class ProfileRunOut(BaseModel):
     threads: int
     quick: bool
     hyinf_version: str
-    started_at: datetime
-    finished_at: datetime | None
+    started_at: UtcTime
+    finished_at: UtcTime | None
 
 
 class CostModelPublish(Strict):

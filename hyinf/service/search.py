@@ -38,7 +38,8 @@ def fingerprint_of(row: Device) -> DeviceFingerprint:
 
 def grid_of(settings: dict[str, Any]) -> OcclusionGrid:
     try:
-        return OcclusionGrid.make(tuple(settings["image_size"]), tuple(settings["patch"]), tuple(settings["stride"]))
+        return OcclusionGrid.make(tuple(settings["image_size"]), tuple(settings["patch"]), tuple(settings["stride"]),
+                                  settings.get("approx_threshold") or 1.0)
     except HyinfError as e:
         raise PlanError(f"the settings are impossible: {e}") from None
 
