@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +190,24 @@ def test_environment_variable_picks_the_database(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("HYINF_DB", str(tmp_path / "env.db"))
     assert Database().url.endswith("env.db")
     assert (tmp_path / "env.db").exists()
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_postgresql_tests_skip_without_a_server_unless_required(required: bool, tmp_path: Path) -> None:
+    """Where no PostgreSQL answers, its tests skip; CI (HYINF_REQUIRE_POSTGRES) makes them fail instead."""
+    env = {**os.environ, "HYINF_TEST_POSTGRES": f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/test"}
+    env.pop("HYINF_REQUIRE_POSTGRES", None)
+    if required:
+        env["HYINF_REQUIRE_POSTGRES"] = "1"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_round_trip[postgresql]"],
+                          cwd=Path(__file__).parent, env=env, capture_output=True, text=True, check=False)
+    if required:
+        assert done.returncode != 0 and "PostgreSQL is required" in done.stdout, done.stdout[-500:]
+    else:
+        assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout[-500:]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
