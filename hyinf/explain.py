@@ -306,6 +306,7 @@ class _Pass:
     mode: str
     node_modes: dict[str, str]
     plan_source: str | None = None  # given | local | registry | planned
+    costs: dict[str, float] = field(default_factory=dict)  # seconds of its fixed steps: plan_s, session_s (ORT)
 
 
 @dataclass(frozen=True)
@@ -340,10 +341,12 @@ def _naive_pass(model: nn.Module, traced: Callable[[], TorchProgram], batch: tor
 
 def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch: torch.Tensor, grid: OcclusionGrid,
                  fill: torch.Tensor, s: _Settings) -> _Pass:
+    start = time.perf_counter()
     if s.mode == "naive":  # the whole model on every occluded image, in ONNX Runtime
         engine = BlockedEngine(program, grid, [(grid, Plan.uniform("full"))])
     else:
         engine = compile_engine(program, grid, s.mode, s.plan, db=s.db, backend=s.backend, registry=s.registry)
+    costs = {"plan_s": time.perf_counter() - start}  # choosing or making the plan, and the engine's windows
     size = batch_size_for(bytes_per_position(engine), len(grid), s.max_memory, s.batch_size, batch.device)
     clean = CleanImage(program, batch)
     runner: BlockedEngine | OrtEngine = engine
@@ -352,9 +355,11 @@ def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch:
 
         settings = (tuple(batch.shape), grid, s.mode, _plan_key(engine), str(batch.device), size)
         runner = _ORT_ENGINES.get(identity, settings, lambda: _ort_engine(engine, identity)) if identity is not None else OrtEngine(engine)
-        runner.session(clean, fill, size)  # built (or found) now, so compile_s holds it
+        building = time.perf_counter()
+        runner.session(clean, fill, size)  # built (or read from the disk cache) now, so compile_s holds it
+        costs["session_s"] = time.perf_counter() - building
     mode = s.mode if s.mode == "naive" else f"{s.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''})"
-    return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes, engine.plan_source)
+    return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes, engine.plan_source, costs)
 
 
 def _ort_engine(engine: BlockedEngine, identity: nn.Module | str) -> OrtEngine:
@@ -475,6 +480,7 @@ def explain(
             def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
                 return _engine_pass(program, identity, batch, g, fill, s)
         fine = prepare(grid, settings)
+        timings.update(fine.costs)
         if mode != "naive" or backend != "torch":  # on this image, before any of its numbers are trusted
             verifying = time.perf_counter()
             _verify(program, model, imported, batch, fine.base_out)

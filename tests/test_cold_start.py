@@ -71,5 +71,6 @@ def test_report_names_every_fixed_cost(tmp_path) -> None:
     assert set(report["process_s"]) == {*steps, "wall_s"}
     assert all(report["process_s"][k] >= 0 for k in steps)
     assert abs(report["process_s"]["wall_s"] - sum(report["process_s"][k] for k in steps)) < 1e-6
-    assert {"trace_s", "verify_s", "compile_s", "positions_s", "total_s"} <= set(report["timings_s"])
+    assert {"trace_s", "verify_s", "compile_s", "plan_s", "positions_s", "total_s"} <= set(report["timings_s"])
+    assert report["timings_s"]["plan_s"] <= report["timings_s"]["compile_s"]
     assert report["timings_s"]["total_s"] <= report["process_s"]["explain_s"]
