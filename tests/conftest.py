@@ -14,6 +14,8 @@ from hyinf.graph.geometry import OcclusionGrid, changed_regions
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.plan import Mode, Plan
 
+pytest_plugins = ["service_support"]  # its fixtures: databases of their own, and real `hyinf serve` processes
+
 @pytest.fixture(autouse=True, scope="session")
 def _own_plans_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Hybrid runs read plans and cost models from a database: never the user's, in tests."""

@@ -14,19 +14,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
-from hyinf.canonical import digest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from hyinf.canonical import digest
 from hyinf.plans_db import Database, DatabaseError
 from hyinf.plans_db.schema import Base
 from hyinf.plans_db.store import _alembic_config
 from hyinf.profiler.machine import DeviceFingerprint
 from hyinf.profiler.sample import Sample
 from hyinf.profiler.timing import Timing
-from service_support import db_url  # noqa: F401  (a fixture: SQLite, and PostgreSQL in a schema of its own)
 
 FP = DeviceFingerprint("cpu", "Test CPU", 2, "", "2.14.1", "1.0")
 

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_close_to
+from service_support import HYINF, Server, free_port
 from torch import nn
 
 import hyinf
-from conftest import assert_close_to
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.select import make_plan
 from hyinf.profiler.machine import fingerprint
 from hyinf.registry import RegistryWarning
-from service_support import HYINF, Server, free_port, sqlite_server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_a_registry_that_fails_costs_one_warning(kind: str, tmp_path: Path, monk
         answer = json.dumps({"match": "exact", "differs": [], "document": document, "plan": {"id": 1, "digest": "0" * 64}}).encode()
 
         class Lying(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["content-length"]))
                 self.send_response(200)
                 self.end_headers()

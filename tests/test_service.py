@@ -12,17 +12,17 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from service_support import HYINF, Server, start_server
 from torch import nn
 
 from hyinf.canonical import digest
+from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.ir_json import graph_from_json, graph_to_json
-from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.document import SCHEMA_VERSION, PlanDocument
 from hyinf.planner.select import make_plan
 from hyinf.profiler.machine import DeviceFingerprint
-from service_support import HYINF, Server, db_url, shared_server, start_server  # noqa: F401  (fixtures)
 
 FP = DeviceFingerprint("cpu", "Test CPU 9000", 8, "", "2.14.1", "1.20.0")
 
@@ -197,6 +197,7 @@ def test_retracted_plans_leave_lookups(server: Server, fp: DeviceFingerprint) ->
     with server.client(server.token("publish")) as c:
         plan_id = c.post("/v1/plans", json={"document": _document(graph, fp).body}).json()["id"]
     with server.client(server.token("admin")) as c:
+        assert c.get(f"/v1/plans/{plan_id}").status_code == 200  # kept by the server from now on
         assert c.delete(f"/v1/plans/{plan_id}").json()["retracted"] is True
         assert c.delete(f"/v1/plans/{plan_id}").json()["retracted"] is False
         assert c.get(f"/v1/plans/{plan_id}").status_code == 410

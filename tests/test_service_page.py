@@ -8,8 +8,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-
-from service_support import Server, sqlite_server  # noqa: F401  (a fixture)
+from service_support import Server
 from test_service import FP, SETTINGS, _device, _graph, _samples
 
 CHROMIUM = "/usr/bin/chromium"
@@ -28,7 +27,7 @@ def page() -> Iterator[object]:
         browser.close()
 
 
-def test_the_page_shows_devices_cost_models_plans_and_modes(sqlite_server: Server, page) -> None:  # noqa: ANN001
+def test_the_page_shows_devices_cost_models_plans_and_modes(sqlite_server: Server, page) -> None:
     from hyinf.graph.ir_json import graph_to_json
 
     with sqlite_server.client() as c:

@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
-
-from service_support import Server, shared_server  # noqa: F401  (a fixture)
+from service_support import Server
 
 EXAMPLES = 30  # per operation and mode
 

@@ -36,6 +36,7 @@ from hyinf.profiler.sample import Sample
 from hyinf.profiler.timing import Timing
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+READ_ONLY = "hyinf_read_only"  # an execution option: the transaction only reads
 FIX = "give another file with --db or the HYINF_DB environment variable"
 
 
@@ -89,7 +90,8 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers queue for the lock up front; readers (READ_ONLY) share a snapshot and never wait on it.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -146,6 +148,7 @@ class Database:
         except OSError as e:
             raise DatabaseError(f"cannot create the database at {self.url}: {e.strerror}; {FIX}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
         with self._errors():
             self._migrate()
 
@@ -187,6 +190,12 @@ class Database:
     def session(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on any error."""
         with self._errors(), self._sessions.begin() as session:
+            yield session
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """One transaction that only reads: on SQLite it takes no write lock, so readers run side by side."""
+        with self._errors(), self._reads.begin() as session:
             yield session
 
     # ---- profiles ------------------------------------------------------------------------------

@@ -64,6 +64,6 @@ def holder(db: Database, secret: str) -> Holder | None:
     """The holder of a valid, unrevoked token; None for anything else."""
     if not secret.startswith(PREFIX) or len(secret) > 200:
         return None
-    with db.session() as s:
+    with db.reading() as s:
         row = s.scalar(select(Token).where(Token.hash == _hash(secret), Token.revoked_at.is_(None)))
         return Holder(row.name, row.role) if row is not None else None

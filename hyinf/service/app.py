@@ -9,8 +9,11 @@ one twice answers with the stored row (`created: false`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -18,10 +21,11 @@ from fastapi import Path as FastPath
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hyinf import __version__
-from hyinf.canonical import canonical_json, digest
+from hyinf.canonical import digest
 from hyinf.errors import HyinfError, PlanError
 from hyinf.graph.ir_json import graph_from_json
 from hyinf.planner.document import PlanDocument, settings_key
@@ -33,6 +37,7 @@ from hyinf.profiler.cost_model import FORMAT_VERSION, LearnedCosts
 from hyinf.service import page, schemas
 from hyinf.service.auth import require
 from hyinf.service.costs import fit_class
+from hyinf.service.documents import Documents, KeptPlans
 from hyinf.service.limits import BodyLimit
 from hyinf.service.search import NotFound, check_fits, match, search
 
@@ -72,10 +77,25 @@ def cost_model_out(m: CostModelRow, d: Device) -> schemas.CostModelOut:
 
 def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
     """The service over an opened (migrated) database."""
-    app = FastAPI(title="hyinf plans service", version=__version__,
+    documents = Documents(db)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(documents.ttl)
+                with contextlib.suppress(DatabaseError):  # lookups read the database themselves meanwhile
+                    await run_in_threadpool(documents.sweep)
+
+        task = asyncio.create_task(sweep())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="hyinf plans service", version=__version__, lifespan=lifespan,
                   description="Plans and cost models for occlusion explanations, shared by a fleet of machines.")
     app.state.db, app.state.public_read = db, public_read
     app.add_middleware(BodyLimit)
+    app.add_middleware(KeptPlans, documents=documents, public_read=public_read)
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, e: NotFound) -> JSONResponse:
@@ -172,16 +192,16 @@ def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
 
     @app.get("/v1/plans/{plan_id}", responses={200: {"description": "the plan document; its digest is the ETag"},
                                                304: {"description": "unchanged (If-None-Match)"}})
-    def get_plan(plan_id: RowId, request: Request, _: Reader) -> Response:
-        found = catalog.plan(db, plan_id)
-        if found is None:
+    async def get_plan(plan_id: RowId, request: Request, _: Reader) -> Response:
+        served = documents.fresh(plan_id) or await run_in_threadpool(documents.load, plan_id)
+        if served is None:
             raise HTTPException(404, f"there is no plan {plan_id}")
-        if found[0].retracted_at is not None:
+        if served.retracted:
             raise HTTPException(410, f"plan {plan_id} was retracted")
-        tag = f'"{found[0].digest}"'
+        tag = f'"{served.digest}"'
         if request.headers.get("if-none-match") == tag:
             return Response(status_code=304, headers={"ETag": tag})
-        return Response(canonical_json(found[0].body), media_type="application/json", headers={"ETag": tag})
+        return Response(served.body, media_type="application/json", headers={"ETag": tag})
 
     @app.post("/v1/plans", status_code=201, responses={200: {"model": schemas.Published}})
     def publish_plan(body: schemas.PlanPublish, who: Publisher, response: Response) -> schemas.Published:
@@ -214,6 +234,7 @@ def create_app(db: Database, *, public_read: bool = True) -> FastAPI:
     @app.delete("/v1/plans/{plan_id}")
     def retract_plan(plan_id: RowId, _: Admin) -> schemas.Retracted:
         done = catalog.retract(db, PlanRow, plan_id)
+        documents.forget(plan_id)
         if done is None:
             raise HTTPException(404, f"there is no plan {plan_id}")
         return schemas.Retracted(id=plan_id, retracted=done)
