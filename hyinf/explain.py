@@ -201,14 +201,20 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
     service's (`registry`, else $HYINF_REGISTRY; kept in the local database), or plans now with the
     device's cost model.
     """
+    return _compile(program, grid, mode, plan, db=db, model_name=model_name, backend=backend, registry=registry)[0]
+
+
+def _compile(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | PlanDocument | None = None, *,
+             db: str | None = None, model_name: str = "", backend: str = "torch", registry: str | None = None) -> tuple[BlockedEngine, str | None]:
+    """`compile_engine`'s engine, and where its plan came from: given, local, registry, planned (None: a mode without a plan)."""
     if isinstance(plan, Plan):
         unknown = sorted(set(plan.modes) - set(program.graph.by_name))
         if unknown:
             raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
     if isinstance(plan, Plan) or (plan is None and mode != "hybrid"):
         fixed = plan or Plan.uniform(mode)
-        return _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "",
-                               "given" if isinstance(plan, Plan) else None)
+        engine = _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "")
+        return engine, "given" if isinstance(plan, Plan) else None
     url = existing_database(db)
     database = None
     if url is not None:
@@ -217,7 +223,7 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
         database = Database(url)
     chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name, backend=backend,
                          fetch=_registry_fetch(registry, db))
-    return _blocked_engine(program, grid, chosen.blocks, chosen.source, chosen.kind)
+    return _blocked_engine(program, grid, chosen.blocks, chosen.source), chosen.kind
 
 
 def _registry_fetch(url: str | None, db: str | None) -> Fetch | None:
@@ -248,13 +254,12 @@ def _registry_fetch(url: str | None, db: str | None) -> Fetch | None:
     return fetch
 
 
-def _blocked_engine(program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str,
-                    plan_source: str | None = None) -> BlockedEngine:
+def _blocked_engine(program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str) -> BlockedEngine:
     """The engine for these blocks and plans, built once per program: building one (every block's
     windows, offsets and reads) took 0.04-0.12 s of every call on resnet18, vgg16 and resnet50."""
     plans = tuple((block, p.strategy, p.default, tuple(sorted(p.modes.items()))) for block, p in blocks)
-    key = (id(program), grid, plans, source, plan_source)
-    return _ENGINES.get(key, lambda: BlockedEngine(program, grid, blocks, source, plan_source), valid=lambda engine: engine.program is program)
+    key = (id(program), grid, plans, source)
+    return _ENGINES.get(key, lambda: BlockedEngine(program, grid, blocks, source), valid=lambda engine: engine.program is program)
 
 
 def _plan_key(engine: BlockedEngine) -> tuple[Any, ...]:
@@ -342,10 +347,11 @@ def _naive_pass(model: nn.Module, traced: Callable[[], TorchProgram], batch: tor
 def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch: torch.Tensor, grid: OcclusionGrid,
                  fill: torch.Tensor, s: _Settings) -> _Pass:
     start = time.perf_counter()
+    plan_source = None
     if s.mode == "naive":  # the whole model on every occluded image, in ONNX Runtime
         engine = BlockedEngine(program, grid, [(grid, Plan.uniform("full"))])
     else:
-        engine = compile_engine(program, grid, s.mode, s.plan, db=s.db, backend=s.backend, registry=s.registry)
+        engine, plan_source = _compile(program, grid, s.mode, s.plan, db=s.db, backend=s.backend, registry=s.registry)
     costs = {"plan_s": time.perf_counter() - start}  # choosing or making the plan, and the engine's windows
     size = batch_size_for(bytes_per_position(engine), len(grid), s.max_memory, s.batch_size, batch.device)
     clean = CleanImage(program, batch)
@@ -359,7 +365,7 @@ def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch:
         runner.session(clean, fill, size)  # built (or read from the disk cache) now, so compile_s holds it
         costs["session_s"] = time.perf_counter() - building
     mode = s.mode if s.mode == "naive" else f"{s.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''})"
-    return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes, engine.plan_source, costs)
+    return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes, plan_source, costs)
 
 
 def _ort_engine(engine: BlockedEngine, identity: nn.Module | str) -> OrtEngine:

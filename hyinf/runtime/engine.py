@@ -433,10 +433,8 @@ class BlockedEngine:
     Where the model ends in a tail that every block evaluates fully, the positions of all blocks
     run it together, in larger batches than the chunks that fit in memory before it."""
 
-    def __init__(self, program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str = "",
-                 plan_source: str | None = None) -> None:
-        self.program, self.grid, self.source = program, grid, source  # source: where the plans came from, in words
-        self.plan_source = plan_source  # given | local | registry | planned; None for a mode without a plan
+    def __init__(self, program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str = "") -> None:
+        self.program, self.grid, self.source = program, grid, source  # source: where the plans came from
         self.engines = [Engine(program, block, plan) for block, plan in blocks]
         tail = graph_tail(program.graph)
         shared = tail is not None and all(e.repr[n.name] is Repr.FULL for e in self.engines for n in (program.graph[tail.cut], *tail.nodes))
