@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import asdict, replace
 from typing import Any
@@ -300,3 +301,23 @@ def test_a_server_killed_mid_write_leaves_whole_rows(db_url: str) -> None:
                 assert digest(got.json()) == row["digest"] == got.headers["etag"].strip('"')
     finally:
         again.stop()
+
+
+def test_shutdown_lets_requests_in_flight_finish(tmp_path) -> None:
+    """SIGTERM while a plan search runs: the search is answered, then the server exits."""
+    import torchvision
+
+    torch.manual_seed(0)
+    graph = trace_torch(torchvision.models.resnet50(weights=None).eval(), (1, 3, 224, 224)).graph
+    request = {"structure": graph_to_json(graph), "settings": {**SETTINGS, "image_size": [224, 224], "patch": [16, 16], "stride": [8, 8]},
+               "device": _device(FP)}
+    s = start_server(f"sqlite:///{tmp_path / 'shutdown.db'}")
+    answers: list[int] = []
+    with s.client(s.token("publish")) as c:
+        worker = threading.Thread(target=lambda: answers.append(c.post("/v1/plans/search", json=request).status_code))
+        worker.start()
+        time.sleep(0.2)  # the search takes about half a second on the server
+        s.process.terminate()
+        worker.join(60)
+    assert answers == [201]
+    s.process.wait(timeout=30)

@@ -67,12 +67,13 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
     size = tuple(image_size) if image_size else loaded.image_size
     program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
     grid = OcclusionGrid.make(size, patch, stride, threshold)  # type: ignore[arg-type]
-    db = Database(db_url)
     fp = fingerprint(dev)
-    start = time.perf_counter()
-    document = make_plan(program.graph, grid, fp, model_name=model, db=db, strategy=strategy, cost_model_id=cost_model_id, backend=backend)
-    seconds = time.perf_counter() - start
-    plan_id = db.save_plan(graph_fingerprint(program.graph), settings_key(document.settings), fp, document.body["cost_model"]["id"], dict(document.body))
+    with Database(db_url) as db:  # closed before returning: callers in the same process see a finished file
+        start = time.perf_counter()
+        document = make_plan(program.graph, grid, fp, model_name=model, db=db, strategy=strategy, cost_model_id=cost_model_id, backend=backend)
+        seconds = time.perf_counter() - start
+        plan_id = db.save_plan(graph_fingerprint(program.graph), settings_key(document.settings), fp, document.body["cost_model"]["id"],
+                               dict(document.body))
     if output is not None:
         output.write_text(document.to_json())
     if explain_plan:

@@ -178,8 +178,14 @@ class Database:
                 command.upgrade(cfg, "head")
 
     def close(self) -> None:
-        """Close the database's connections."""
+        """Close the database's connections (SQLite then folds its write-ahead log into the file)."""
         self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     @property
     def revision(self) -> str:
