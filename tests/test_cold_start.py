@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "onnx", "onnxruntime", "numpy", "sklearn", "sqlalchemy")
+HEAVY = ("torch", "onnx", "onnxruntime", "numpy", "sklearn", "sqlalchemy", "fastapi", "httpx")
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -26,6 +26,7 @@ def _loaded_after(code: str) -> set[str]:
         "from hyinf.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
         "from hyinf.cli import main\ntry:\n    main(['explain', '--help'])\nexcept SystemExit:\n    pass",
         "from hyinf.cli import main\ntry:\n    main(['plans', 'list', '--help'])\nexcept SystemExit:\n    pass",
+        "from hyinf.cli import main\ntry:\n    main(['serve', 'token', 'create', '--help'])\nexcept SystemExit:\n    pass",
     ],
 )
 def test_nothing_heavy_is_imported(code: str) -> None:
