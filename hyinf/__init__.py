@@ -17,6 +17,7 @@ _WHERE = {
     "Approximation": "hyinf.explain",
     "Explanation": "hyinf.explain",
     "explain": "hyinf.explain",
+    "Explainer": "hyinf.explainer",
     "HyinfError": "hyinf.errors",
     "Occlusion": "hyinf.compat",
     "PlanDocument": "hyinf.planner.document",
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from hyinf.compat import Occlusion
     from hyinf.errors import HyinfError
     from hyinf.explain import Approximation, Explanation, explain
+    from hyinf.explainer import Explainer
     from hyinf.planner.document import PlanDocument
     from hyinf.planner.plan import Mode, Plan
     from hyinf.quality import Quality

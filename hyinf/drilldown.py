@@ -18,9 +18,13 @@ from hyinf.errors import SettingsError
 from hyinf.graph.geometry import OcclusionGrid
 
 
-def check_drill_down(ratio: float, coarse_stride: tuple[int, int], fine: OcclusionGrid) -> None:
+def check_ratio(ratio: float) -> None:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
         raise SettingsError(f"the drill-down ratio must be in (0, 1] (1 = exact), got {ratio!r}")
+
+
+def check_drill_down(ratio: float, coarse_stride: tuple[int, int], fine: OcclusionGrid) -> None:
+    check_ratio(ratio)
     if any(c < s for c, s in zip(coarse_stride, fine.stride)):
         raise SettingsError(f"the coarse stride {coarse_stride} must be at least the fine stride {fine.stride}; "
                             "use a larger --coarse-stride")

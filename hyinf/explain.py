@@ -2,81 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import operator
-import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from hyinf import drilldown
-from hyinf.errors import HyinfError, ModelError, SettingsError
+from hyinf.errors import SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
-from hyinf.graph.sources import is_onnx
-from hyinf.graph.torch_frontend import trace_torch
 from hyinf.kept import Kept
-from hyinf.modes import BACKENDS, MODES, OUTPUTS
 from hyinf.planner.document import PlanDocument, settings_key
 from hyinf.planner.plan import Plan
 from hyinf.planner.select import Fetch, choose_plan
 from hyinf.plans_db.location import existing_database
 from hyinf.profiler.machine import DeviceFingerprint, fingerprint
-from hyinf.quality import Quality, compare
-from hyinf.runtime.budget import batch_size_for, bytes_per_position, check_limits
-from hyinf.runtime.cache import ModelCache, content_digest
-from hyinf.runtime.engine import BlockedEngine, CleanImage
+from hyinf.quality import Quality
+from hyinf.runtime.engine import BlockedEngine
 from hyinf.runtime.estimate import check_fits, estimate_torch
-from hyinf.runtime.naive import naive_chunks
-from hyinf.runtime.occlusion import PatchSpans, patch_fill
+from hyinf.runtime.occlusion import PatchSpans
 from hyinf.runtime.program import TorchProgram
-from hyinf.runtime.verify import (
-    check_batches,
-    check_output,
-    check_torch,
-    float32,
-    program_output,
-)
 from hyinf.runtime.windows import span_mask
 
 if TYPE_CHECKING:  # ONNX, ONNX Runtime and the database load where a run uses them, not on import
     import onnx
-
-    from hyinf.graph.onnx_frontend import OnnxModel
-    from hyinf.runtime.ort_backend import OrtEngine
-
-_ORT_ENGINES: ModelCache[OrtEngine] = ModelCache(4)
-_ENGINES: Kept[BlockedEngine] = Kept(4)  # a drill-down uses two: its coarse and its fine grid
-_PROGRAMS: ModelCache[TorchProgram] = ModelCache(2)  # tracing vgg16 (copy, trace, check) takes 0.75 s of a 6 s approximate run
-
-
-def _import_onnx(source: onnx.ModelProto | str, image_size: tuple[int, int]) -> OnnxModel:
-    """`load_onnx`, remembered for a file the process explains again until the file changes: checking
-    and importing vgg16's 528 MB file takes seconds, as long as explaining an image."""
-    from hyinf.graph.onnx_frontend import load_onnx
-
-    if not isinstance(source, str | os.PathLike):
-        return load_onnx(source, image_size)
-    try:
-        stat = os.stat(source)
-    except OSError:
-        return load_onnx(source, image_size)  # which says what is wrong with the path
-    return _import_file(os.path.realpath(source), stat.st_mtime_ns, stat.st_size, image_size)
-
-
-@functools.lru_cache(maxsize=2)  # each entry holds a model's weights
-def _import_file(path: str, modified: int, size: int, image_size: tuple[int, int]) -> OnnxModel:
-    from hyinf.graph.onnx_frontend import load_onnx
-
-    return load_onnx(path, image_size)
 
 
 @dataclass(frozen=True)
@@ -123,7 +77,7 @@ class Approximation:
         return f"approximate ({', '.join(parts)}; {self.positions} of {self.exact_positions} occluded images)"
 
 
-def _as_batch(image: torch.Tensor) -> torch.Tensor:
+def as_batch(image: torch.Tensor) -> torch.Tensor:
     if not isinstance(image, torch.Tensor):
         raise SettingsError(f"image must be a torch.Tensor of shape (C, H, W) or (1, C, H, W), got {type(image).__name__}")
     if image.dim() == 3:
@@ -150,7 +104,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
+def target_scores(outputs: torch.Tensor, target: int, output: str) -> torch.Tensor:
     flat = outputs.reshape(outputs.shape[0], -1)
     if output == "softmax":
         flat = torch.softmax(flat, dim=1)
@@ -177,7 +131,7 @@ def check_work(model: nn.Module, shape: tuple[int, ...], device: torch.device, p
                    f"{positions * found.flops / 1e9:,.0f} GFLOP by naive re-inference", file=sys.stderr)
 
 
-def _target(target: object, base_out: torch.Tensor, classes: int) -> int:
+def pick_target(target: object, base_out: torch.Tensor, classes: int) -> int:
     """The explained output: the prediction by default, else any integer scalar (Python, numpy or torch) in range."""
     if target is None:
         return int(base_out.reshape(1, -1).argmax())
@@ -205,7 +159,8 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
 
 
 def _compile(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | PlanDocument | None = None, *,
-             db: str | None = None, model_name: str = "", backend: str = "torch", registry: str | None = None) -> tuple[BlockedEngine, str | None]:
+             db: str | None = None, model_name: str = "", backend: str = "torch", registry: str | None = None,
+             kept: Kept[BlockedEngine] | None = None) -> tuple[BlockedEngine, str | None]:
     """`compile_engine`'s engine, and where its plan came from: given, local, registry, planned (None: a mode without a plan)."""
     if isinstance(plan, Plan):
         unknown = sorted(set(plan.modes) - set(program.graph.by_name))
@@ -213,7 +168,7 @@ def _compile(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan |
             raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
     if isinstance(plan, Plan) or (plan is None and mode != "hybrid"):
         fixed = plan or Plan.uniform(mode)
-        engine = _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "")
+        engine = _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "", kept)
         return engine, "given" if isinstance(plan, Plan) else None
     url = existing_database(db)
     database = None
@@ -223,7 +178,7 @@ def _compile(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan |
         database = Database(url)
     chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name, backend=backend,
                          fetch=_registry_fetch(registry, db))
-    return _blocked_engine(program, grid, chosen.blocks, chosen.source), chosen.kind
+    return _blocked_engine(program, grid, chosen.blocks, chosen.source, kept), chosen.kind
 
 
 def _registry_fetch(url: str | None, db: str | None) -> Fetch | None:
@@ -254,12 +209,15 @@ def _registry_fetch(url: str | None, db: str | None) -> Fetch | None:
     return fetch
 
 
-def _blocked_engine(program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str) -> BlockedEngine:
-    """The engine for these blocks and plans, built once per program: building one (every block's
-    windows, offsets and reads) took 0.04-0.12 s of every call on resnet18, vgg16 and resnet50."""
+def _blocked_engine(program: TorchProgram, grid: OcclusionGrid, blocks: list[tuple[OcclusionGrid, Plan]], source: str,
+                    kept: Kept[BlockedEngine] | None) -> BlockedEngine:
+    """The engine for these blocks and plans, built once per program where `kept` holds it: building one
+    (every block's windows, offsets and reads) took 0.04-0.12 s of every call on resnet18, vgg16 and resnet50."""
+    if kept is None:
+        return BlockedEngine(program, grid, blocks, source)
     plans = tuple((block, p.strategy, p.default, tuple(sorted(p.modes.items()))) for block, p in blocks)
     key = (id(program), grid, plans, source)
-    return _ENGINES.get(key, lambda: BlockedEngine(program, grid, blocks, source), valid=lambda engine: engine.program is program)
+    return kept.get(key, lambda: BlockedEngine(program, grid, blocks, source), valid=lambda engine: engine.program is program)
 
 
 def _plan_key(engine: BlockedEngine) -> tuple[Any, ...]:
@@ -301,254 +259,13 @@ def attribution_from(heatmap: torch.Tensor, grid: OcclusionGrid, shape: torch.Si
     return mean.to(heatmap.dtype).expand(shape).clone()
 
 
-@dataclass(frozen=True)
-class _Pass:
-    """One grid ready to run: the clean output, and its chunks at every position or at chosen ones."""
+def explain(model: nn.Module | onnx.ModelProto | str, image: torch.Tensor, *, target: int | None = None, **settings: Any) -> Explanation:
+    """Occlusion heatmap of `image` under `model`: `hyinf.Explainer(model, **settings).explain(image, target)`.
 
-    base_out: torch.Tensor
-    chunks: Callable[[torch.Tensor | None], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
-    batch_size: int
-    mode: str
-    node_modes: dict[str, str]
-    plan_source: str | None = None  # given | local | registry | planned
-    costs: dict[str, float] = field(default_factory=dict)  # seconds of its fixed steps: plan_s, session_s (ORT)
-
-
-@dataclass(frozen=True)
-class _Settings:
-    mode: str
-    plan: Plan | PlanDocument | None
-    db: str | None
-    backend: str
-    batch_size: int | None
-    max_memory: int | None
-    registry: str | None = None
-
-
-def _naive_pass(model: nn.Module, traced: Callable[[], TorchProgram], batch: torch.Tensor, grid: OcclusionGrid, fill: torch.Tensor,
-                s: _Settings) -> _Pass:
-    try:
-        base_out = model(batch.clone())  # a model may write into its input: never into the caller's image
-    except Exception as e:
-        raise ModelError(f"the model fails on a {tuple(batch.shape)} image: {str(e).splitlines()[0]}") from e
-    if not isinstance(base_out, torch.Tensor) or not base_out.is_floating_point():
-        kind = type(base_out).__name__ if not isinstance(base_out, torch.Tensor) else f"a {base_out.dtype} tensor"
-        raise ModelError(f"the model returns {kind}; hyinf explains models whose output is one float tensor of scores")
-    with float32():  # TF32 rounds differently per batch size
-        check_batches(model, batch.clone(), model(batch.clone()))
-    try:  # the engine's estimate sizes the batches when the model can be traced
-        per_position = bytes_per_position(compile_engine(traced(), grid, "full", None))
-    except HyinfError:  # untraceable: assume activations of 64 images' size per position
-        per_position = 64 * batch.numel() * batch.element_size()
-    size = batch_size_for(per_position, len(grid), s.max_memory, s.batch_size, batch.device)
-    return _Pass(base_out, lambda only: naive_chunks(model, batch, grid, fill, size, only), size, "naive", {})
-
-
-def _engine_pass(program: TorchProgram, identity: nn.Module | str | None, batch: torch.Tensor, grid: OcclusionGrid,
-                 fill: torch.Tensor, s: _Settings) -> _Pass:
-    start = time.perf_counter()
-    plan_source = None
-    if s.mode == "naive":  # the whole model on every occluded image, in ONNX Runtime
-        engine = BlockedEngine(program, grid, [(grid, Plan.uniform("full"))])
-    else:
-        engine, plan_source = _compile(program, grid, s.mode, s.plan, db=s.db, backend=s.backend, registry=s.registry)
-    costs = {"plan_s": time.perf_counter() - start}  # choosing or making the plan, and the engine's windows
-    size = batch_size_for(bytes_per_position(engine), len(grid), s.max_memory, s.batch_size, batch.device)
-    clean = CleanImage(program, batch)
-    runner: BlockedEngine | OrtEngine = engine
-    if s.backend == "ort":
-        from hyinf.runtime.ort_backend import OrtEngine
-
-        settings = (tuple(batch.shape), grid, s.mode, _plan_key(engine), str(batch.device), size)
-        runner = _ORT_ENGINES.get(identity, settings, lambda: _ort_engine(engine, identity)) if identity is not None else OrtEngine(engine)
-        building = time.perf_counter()
-        runner.session(clean, fill, size)  # built (or read from the disk cache) now, so compile_s holds it
-        costs["session_s"] = time.perf_counter() - building
-    mode = s.mode if s.mode == "naive" else f"{s.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''})"
-    return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes, plan_source, costs)
-
-
-def _ort_engine(engine: BlockedEngine, identity: nn.Module | str) -> OrtEngine:
-    """An ORT engine whose graphs are kept in the user's disk cache, keyed by the model's content."""
-    from hyinf.runtime.disk_cache import DiskCache
-    from hyinf.runtime.ort_backend import OrtEngine
-
-    cache = DiskCache.default()
-    return OrtEngine(engine, cache, content_digest(identity) if cache is not None else None)
-
-
-def _verify(program: TorchProgram, model: nn.Module, imported: OnnxModel | None, batch: torch.Tensor,
-            clean_output: torch.Tensor) -> None:
-    """hyinf's program of the model against the model's own runtime on the clean image: the eager module,
-    or ONNX Runtime on the original file (verify.TOLERANCE of the output scale). That it evaluates
-    batches image by image was checked when it was traced."""
-    if imported is None:
-        check_torch(model, program, batch, computed=clean_output)
-        return
-    got = program_output(program, batch, clean_output)
-    check_output(imported.reference_output(batch), got, "ONNX Runtime on the original model",
-                 lambda: imported.reference_output(batch))
-
-
-def explain(
-    model: nn.Module | onnx.ModelProto | str,
-    image: torch.Tensor,
-    *,
-    target: int | None = None,
-    patch: int | tuple[int, int] = 16,
-    stride: int | tuple[int, int] = 8,
-    patch_value: float | torch.Tensor = 0.0,
-    mode: str = "hybrid",
-    plan: Plan | PlanDocument | None = None,
-    db: str | None = None,
-    backend: str = "torch",
-    device: str | torch.device = "cpu",
-    output: str = "raw",
-    batch_size: int | None = None,
-    max_memory: int | None = None,
-    approx_threshold: float = 1.0,
-    drill_down: float = 1.0,
-    coarse_stride: int | tuple[int, int] | None = None,
-    check_exact: bool = False,
-    progress: bool = False,
-    registry: str | None = None,
-) -> Explanation:
-    """Occlusion heatmap of `image` under `model`, equal to naive re-inference of every occluded image
-    unless an approximation is asked for.
-
-    `model` is a torch module, an `onnx.ModelProto` or the path of an .onnx file.
-    `mode` picks the evaluation: "naive" re-runs the model per occluded image, "full" and
-    "incremental" evaluate every node of hyinf's graph that way, "hybrid" follows a plan: the one
-    stored in the plans database `db` for this model structure, settings and device, else one made
-    now with the device's cost model. `plan` (a `Plan`, a mode per node, or a `PlanDocument` read
-    from a plan file) overrides the choice. `patch_value` is a scalar or one value per
-    channel, in the model's input space. `output="softmax"` scores class probabilities instead of raw outputs. Positions are evaluated
-    `batch_size` at a time, by default as many as fit in `max_memory` bytes (default: 2 GiB on a CPU, a
-    quarter of a GPU's free memory).
-
-    Approximations (docs/approximate.md): `approx_threshold` < 1 caps every incrementally evaluated
-    node's changed window at that fraction of its map's side; `drill_down` < 1 runs a coarse pass at
-    `coarse_stride` (default twice `stride`) and the fine stride only over that fraction of the
-    coarse cells where the coarse heatmap is highest. `check_exact` also runs the exact heatmap and
-    reports the distance in `approximation.quality` (an exact run has no `approximation`).
-
-    `registry` (else $HYINF_REGISTRY, with $HYINF_TOKEN) names a plans service (`hyinf serve`) asked for
-    a hybrid plan when the local database has none; `plan_source` says where the plan came from.
+    The settings are the Explainer's (patch, stride, patch_value, mode, plan, db, backend, device, output,
+    batch_size, max_memory, approx_threshold, drill_down, coarse_stride, check_exact, progress, registry).
+    Each call builds its program, plan and engines anew: explaining many images, keep one Explainer.
     """
-    if mode not in MODES:
-        raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if output not in OUTPUTS:
-        raise SettingsError(f"output must be 'raw' or 'softmax', got {output!r}")
-    if backend not in BACKENDS:
-        raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    check_limits(max_memory, batch_size)
-    dev = resolve_device(device)
-    batch = _as_batch(image).to(dev)
-    source = model
-    identity: nn.Module | str | None = model if isinstance(model, nn.Module) else None
-    imported: OnnxModel | None = None
-    if is_onnx(model):
-        imported = _import_onnx(model, tuple(batch.shape[-2:]))  # type: ignore[arg-type]
-        model, identity = imported.module, imported.digest
-    if not isinstance(model, nn.Module):
-        raise SettingsError(f"model must be a torch.nn.Module, an onnx.ModelProto or an .onnx path, got {type(model).__name__}")
-    grid = OcclusionGrid.make(tuple(batch.shape[-2:]), patch, stride, approx_threshold)  # type: ignore[arg-type]
-    if grid.threshold < 1 and mode in ("naive", "full"):
-        raise SettingsError(f"the projective-field threshold cuts incrementally evaluated windows; mode {mode!r} has none: "
-                            "use mode 'hybrid' or 'incremental'")
-    coarse_grid = grid.with_stride(coarse_stride if coarse_stride is not None else (2 * grid.stride[0], 2 * grid.stride[1]))
-    drilldown.check_drill_down(drill_down, coarse_grid.stride, grid)
-    drilling = drill_down < 1
-    fill = patch_fill(patch_value, batch.shape[1], dev, batch.dtype)
-    settings = _Settings(mode, plan, db, backend, batch_size, max_memory, registry)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    if imported is None:  # an ONNX import was checked against memory before it ran anything
-        check_work(model, tuple(batch.shape), dev, len(grid), progress)
+    from hyinf.explainer import Explainer
 
-    shape = tuple(batch.shape)
-
-    def traced() -> TorchProgram:  # kept per model: tracing (copy, trace, check) took 0.3 s (resnet18) to 1.9 s (vgg16) of every naive call
-        return _PROGRAMS.get(identity, (shape, str(dev)), lambda: trace_torch(model, shape, dev)) if identity is not None else trace_torch(model, shape, dev)
-
-    with torch.no_grad(), contextlib.ExitStack() as stack:
-        if mode == "naive" and backend == "torch":
-            model = model.to(dev)
-            stack.callback(model.train, model.training)  # hyinf explains in eval mode; the caller's mode comes back
-            model.eval()
-
-            def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
-                return _naive_pass(model, traced, batch, g, fill, s)
-        else:
-            program = traced()
-            timings["trace_s"] = time.perf_counter() - clock
-
-            def prepare(g: OcclusionGrid, s: _Settings) -> _Pass:
-                return _engine_pass(program, identity, batch, g, fill, s)
-        fine = prepare(grid, settings)
-        timings.update(fine.costs)
-        if mode != "naive" or backend != "torch":  # on this image, before any of its numbers are trusted
-            verifying = time.perf_counter()
-            _verify(program, model, imported, batch, fine.base_out)
-            timings["verify_s"] = time.perf_counter() - verifying
-        # A coarse grid of fine positions runs on the fine grid's engine (no second plan, engine or clean
-        # pass); another has its own plan: only a plan of modes per node (not a document for the fine grid) carries over.
-        nested = drilling and drilldown.nested(grid, coarse_grid)
-        coarse = prepare(coarse_grid, replace(settings, plan=plan if isinstance(plan, Plan) else None)) if drilling and not nested else None
-        timings["compile_s"] = time.perf_counter() - clock - timings.get("trace_s", 0.0) - timings.get("verify_s", 0.0)
-
-        classes = math.prod(fine.base_out.shape[1:])
-        target = _target(target, fine.base_out, classes)
-        base_score = float(_scores(fine.base_out, target, output)[0])
-
-        def select(out: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-            return _scores(out, target, output)
-
-        start = time.perf_counter()
-        with tqdm(total=len(coarse_grid) if drilling else len(grid), desc=f"occlusion ({mode})", unit="pos", disable=not progress, leave=False) as bar:
-            if not drilling:
-                scores = collect_scores(fine.chunks(None), (1, len(grid)), select, bar)[0]
-                evaluated = len(grid)
-            else:
-                shared = drilldown.shared(grid, coarse_grid)
-                if coarse is None:  # nested: the coarse positions are the shared ones, in the same row-major order
-                    at = torch.as_tensor(shared, device=dev)
-                    coarse_scores = collect_scores(fine.chunks(at), (1, len(grid)), select, bar)[0][at]
-                else:
-                    coarse_scores = collect_scores(coarse.chunks(None), (1, len(coarse_grid)), select, bar)[0]
-                chosen = drilldown.selected(base_score - coarse_scores, grid, coarse_grid, drill_down) & ~shared
-                only = torch.as_tensor(chosen, device=dev)
-                bar.total += int(chosen.sum())
-                bar.refresh()
-                fine_scores = (collect_scores(fine.chunks(only), (1, len(grid)), select, bar)[0] if chosen.any()
-                               else coarse_scores.new_full((len(grid),), math.nan))  # every fine position was a coarse one
-                scores = drilldown.combine(fine_scores, only, coarse_scores, grid, coarse_grid)
-                evaluated = len(coarse_grid) + int(chosen.sum())
-        timings["positions_s"] = time.perf_counter() - start
-    timings["total_s"] = time.perf_counter() - clock
-    scores = scores.reshape(grid.shape).cpu()
-    heatmap = base_score - scores
-    approximation = None
-    if grid.threshold < 1 or drilling:
-        quality = None
-        if check_exact:
-            exact = explain(source, image, target=target, patch=patch, stride=stride, patch_value=patch_value, mode=mode,
-                            plan=plan if isinstance(plan, Plan) else None, db=db, backend=backend, device=device, output=output,
-                            batch_size=batch_size, max_memory=max_memory, progress=progress, registry=registry)
-            quality = compare(heatmap, exact.heatmap)
-            timings["exact_s"] = exact.timings["total_s"]
-        approximation = Approximation(grid.threshold, drill_down, coarse_grid.stride if drilling else None, evaluated, len(grid), quality)
-    return Explanation(
-        scores=scores,
-        heatmap=heatmap,
-        attribution=attribution_from(heatmap, grid, image.shape),
-        target=target,
-        base_score=base_score,
-        grid=grid,
-        mode=fine.mode if approximation is None else f"{fine.mode}, {approximation.describe()}",
-        batch_size=fine.batch_size,
-        timings=timings,
-        node_modes=fine.node_modes,
-        approximation=approximation,
-        plan_source=fine.plan_source,
-    )
+    return Explainer(model, **settings).explain(image, target)

@@ -17,7 +17,6 @@ from torch import nn
 
 import hyinf
 from hyinf.errors import ModelError
-from hyinf.explain import _ORT_ENGINES
 from hyinf.runtime.disk_cache import (
     MANIFEST,
     STALE_S,
@@ -98,41 +97,43 @@ def _net(seed: int) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
 
 
-def _sessions() -> list:
-    return [s for _, engine in _ORT_ENGINES.kept.entries.values() for s in engine.sessions.values()]
+def _sessions(explainer: hyinf.Explainer) -> list:
+    return [s for _, engine in explainer._ort.kept.entries.values() for s in engine.sessions.values()]
+
+
+def _ort(model: nn.Module) -> hyinf.Explainer:
+    """An Explainer on ORT: a new one holds no sessions, as a new process would start."""
+    return hyinf.Explainer(model, backend="ort", patch=8, stride=4)
 
 
 def test_a_new_engine_reads_the_graphs_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYINF_CACHE_DIR", str(tmp_path))
     model, image = _net(0), torch.rand(3, 32, 32)
     naive = hyinf.explain(model, image, mode="naive", patch=8, stride=4)
-    _ORT_ENGINES.kept.entries.clear()
-    first = hyinf.explain(model, image, backend="ort", patch=8, stride=4)
-    assert [s.cached for s in _sessions()] == [False] and len(list((tmp_path / "ort").iterdir())) == 1
-    _ORT_ENGINES.kept.entries.clear()  # as a new process would start
-    second = hyinf.explain(model, image, backend="ort", patch=8, stride=4)
-    assert [s.cached for s in _sessions()] == [True]
+    first_explainer = _ort(model)
+    first = first_explainer.explain(image)
+    assert [s.cached for s in _sessions(first_explainer)] == [False] and len(list((tmp_path / "ort").iterdir())) == 1
+    second_explainer = _ort(model)
+    second = second_explainer.explain(image)
+    assert [s.cached for s in _sessions(second_explainer)] == [True]
     assert_close_to(naive.scores, first.scores, "built")
     assert_close_to(naive.scores, second.scores, "read back")
-    _ORT_ENGINES.kept.entries.clear()
     model[0].weight.data.mul_(2)  # other weights: another entry
-    hyinf.explain(model, image, backend="ort", patch=8, stride=4)
-    assert [s.cached for s in _sessions()] == [False] and len(list((tmp_path / "ort").iterdir())) == 2
+    changed = _ort(model)
+    changed.explain(image)
+    assert [s.cached for s in _sessions(changed)] == [False] and len(list((tmp_path / "ort").iterdir())) == 2
 
 
 def test_an_entry_of_another_model_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache folder someone filled with another model's graphs under this model's key fails loudly."""
     monkeypatch.setenv("HYINF_CACHE_DIR", str(tmp_path))
     image = torch.rand(3, 32, 32)
-    _ORT_ENGINES.kept.entries.clear()
     hyinf.explain(_net(0), image, backend="ort", patch=8, stride=4)
     (first,) = list((tmp_path / "ort").iterdir())
-    _ORT_ENGINES.kept.entries.clear()
     hyinf.explain(_net(1), image, backend="ort", patch=8, stride=4)
     (second,) = [p for p in (tmp_path / "ort").iterdir() if p != first]
     shutil.rmtree(second)
     shutil.copytree(first, second)
-    _ORT_ENGINES.kept.entries.clear()
     with pytest.raises(ModelError, match="disagrees with PyTorch"):
         hyinf.explain(_net(1), image, backend="ort", patch=8, stride=4)
 

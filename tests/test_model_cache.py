@@ -8,34 +8,34 @@ import torchvision
 
 import hyinf
 from conftest import assert_close_to, seeded
-from hyinf.explain import _PROGRAMS
 
 
-def _programs() -> set[int]:
-    return {id(program) for _, program in _PROGRAMS.kept.entries.values()}
+def _programs(explainer: hyinf.Explainer) -> set[int]:
+    return {id(program) for _, program in explainer._programs.kept.entries.values()}
 
 
 def test_programs_are_reused_until_the_model_changes() -> None:
     seeded()
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     image = torch.rand(3, 32, 32)
-    first = hyinf.explain(model, image, patch=8, stride=8, mode="incremental")
-    kept = _programs()
-    again = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="incremental")
-    assert _programs() == kept  # found, not traced again
+    explainer = hyinf.Explainer(model, patch=8, stride=8, mode="incremental")
+    first = explainer.explain(image)
+    kept = _programs(explainer)
+    again = explainer.explain(torch.rand(3, 32, 32))
+    assert _programs(explainer) == kept  # found, not traced again
     assert not torch.equal(first.scores, again.scores)
     with torch.no_grad():
         model.fc.weight.mul_(-2.0)  # an in-place update, as a training step makes
-    changed = hyinf.explain(model, image, patch=8, stride=8, mode="incremental")
-    assert _programs() != kept
+    changed = explainer.explain(image)
+    assert _programs(explainer) != kept
     assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, changed.scores, "after the weights changed")
-    kept = _programs()
+    kept = _programs(explainer)
     model.fc.weight.data.mul_(3.0)  # a write through .data: the version counter stays as it was
-    through_data = hyinf.explain(model, image, patch=8, stride=8, mode="incremental")
-    assert _programs() != kept
+    through_data = explainer.explain(image)
+    assert _programs(explainer) != kept
     assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, through_data.scores, "after a .data write")
     model.fc = torch.nn.Linear(512, 10)  # a replaced layer: new parameters
-    replaced = hyinf.explain(model, image, patch=8, stride=8, mode="hybrid")
+    replaced = hyinf.Explainer(model, patch=8, stride=8).explain(image)
     assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, replaced.scores, "after a layer was replaced")
 
 
@@ -64,14 +64,20 @@ def test_kept_values_are_rebuilt_when_invalid_or_evicted_and_failures_are_not_ke
 
 
 def test_engines_are_built_once_per_program_grid_and_plans() -> None:
-    from hyinf.explain import compile_engine
+    from hyinf.explain import _compile
     from hyinf.graph.geometry import OcclusionGrid
     from hyinf.graph.torch_frontend import trace_torch
+    from hyinf.kept import Kept
     from hyinf.planner.plan import Plan
 
     seeded(1)
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     program, grid = trace_torch(model, (1, 3, 32, 32)), OcclusionGrid.make((32, 32), 8, 4)
+    kept = Kept(4)  # what an Explainer holds
+
+    def compile_engine(program, grid, mode, plan=None):
+        return _compile(program, grid, mode, plan, kept=kept)[0]
+
     engine = compile_engine(program, grid, "incremental")
     assert compile_engine(program, grid, "incremental") is engine
     assert compile_engine(program, grid, "hybrid", Plan.uniform("incremental")) is engine  # the same plans, given
@@ -83,12 +89,12 @@ def test_engines_are_built_once_per_program_grid_and_plans() -> None:
 def test_naive_runs_size_their_batches_from_the_kept_program() -> None:
     seeded()
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-    first = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="naive")
-    kept = _programs()
-    again = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="naive")
-    assert _programs() == kept and again.batch_size == first.batch_size
-    incremental = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="incremental")
-    assert _programs() == kept and incremental.mode.startswith("incremental")  # the same program serves the engine
+    explainer = hyinf.Explainer(model, patch=8, stride=8, mode="naive")
+    first = explainer.explain(torch.rand(3, 32, 32))
+    kept = _programs(explainer)
+    assert len(kept) == 1
+    again = explainer.explain(torch.rand(3, 32, 32))
+    assert _programs(explainer) == kept and again.batch_size == first.batch_size
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

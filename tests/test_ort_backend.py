@@ -19,7 +19,6 @@ from test_onnx import PATCH, STRIDE, _export, opset9_graph, ort_scores, shuffle_
 from hyinf import drilldown
 from hyinf.cli import main
 from hyinf.errors import PlanWarning
-from hyinf.explain import _ORT_ENGINES
 from hyinf.runtime import ort_backend
 from hyinf.runtime.ort_backend import RUN_CHUNKS, run_sizes
 
@@ -98,8 +97,7 @@ def test_both_paste_lowerings(ratio: float, monkeypatch: pytest.MonkeyPatch) -> 
     seeded()
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     image = torch.rand(3, 48, 48)
-    reference = hyinf.explain(model, image, patch=8, stride=8, mode="naive")
-    _ORT_ENGINES.kept.entries.clear()  # sessions lowered with the other setting must not be found
+    reference = hyinf.explain(model, image, patch=8, stride=8, mode="naive")  # each call lowers its own sessions
     assert_close_to(reference.scores, hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort").scores, f"ratio {ratio}")
 
 
@@ -120,14 +118,16 @@ def test_sessions_are_reused_until_the_weights_change() -> None:
     seeded()
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     image = torch.rand(3, 32, 32)
-    first = hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort")
-    engines = {id(e) for _, e in _ORT_ENGINES.kept.entries.values()}
-    again = hyinf.explain(model, torch.rand(3, 32, 32), patch=8, stride=8, mode="incremental", backend="ort")
-    assert {id(e) for _, e in _ORT_ENGINES.kept.entries.values()} == engines  # found, not rebuilt
+    explainer = hyinf.Explainer(model, patch=8, stride=8, mode="incremental", backend="ort")
+    first = explainer.explain(image)
+    engines = {id(e) for _, e in explainer._ort.kept.entries.values()}
+    again = explainer.explain(torch.rand(3, 32, 32))
+    assert {id(e) for _, e in explainer._ort.kept.entries.values()} == engines  # found, not rebuilt
     assert not torch.equal(first.scores, again.scores)
     with torch.no_grad():
         model.fc.weight.mul_(-2.0)  # an in-place update, as a training step makes
-    changed = hyinf.explain(model, image, patch=8, stride=8, mode="incremental", backend="ort")
+    changed = explainer.explain(image)
+    assert {id(e) for _, e in explainer._ort.kept.entries.values()} != engines
     assert_close_to(hyinf.explain(model, image, patch=8, stride=8, mode="naive").scores, changed.scores, "after the weights changed")
 
 
@@ -136,16 +136,18 @@ def test_index_values_are_computed_once_per_run_and_reused() -> None:
     and drill-down subsets (other positions per run) compute their own."""
     seeded()
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-    kw = {"patch": 8, "stride": 4, "mode": "incremental", "backend": "ort", "batch_size": 16}
+    explainer = hyinf.Explainer(model, patch=8, stride=4, mode="incremental", backend="ort", batch_size=16, drill_down=0.3,
+                                coarse_stride=8)
+    exact = explainer._exact()  # shares the drill-down's engines, as its fine pass uses them
     images = [torch.rand(3, 48, 48) for _ in range(2)]
     for image in images:
         reference = hyinf.explain(model, image, patch=8, stride=4, mode="naive")
-        assert_close_to(reference.scores, hyinf.explain(model, image, **kw).scores, "ort with kept index values")
-    (engine,) = [e for _, e in _ORT_ENGINES.kept.entries.values() if e.blocked.grid.shape == (11, 11)]
+        assert_close_to(reference.scores, exact.explain(image).scores, "ort with kept index values")
+    (engine,) = [e for _, e in explainer._ort.kept.entries.values() if e.blocked.grid.shape == (11, 11)]
     (session,) = engine.sessions.values()
     assert session.positions is not None and len(session.kept) > 1  # several runs, each computed once
     kept = {run: dict(values) for run, values in session.kept.items()}
-    drilled = hyinf.explain(model, images[1], drill_down=0.3, coarse_stride=8, **kw)
+    drilled = explainer.explain(images[1])
     assert session.kept.keys() == kept.keys() and all(session.kept[r][k] is v for r in kept for k, v in kept[r].items())  # subsets are not kept
     fine = hyinf.explain(model, images[1], patch=8, stride=4, mode="naive")
     coarse = hyinf.explain(model, images[1], patch=8, stride=8, mode="naive")
