@@ -1,15 +1,13 @@
-"""`hyinf explain`: the heatmap of one image."""
+"""`hyinf explain`: the heatmaps of one image, or of many (files, folders, globs), here or on Ray."""
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import replace
+import time
 from pathlib import Path
 
 import click
 
-import hyinf
 from hyinf.cli import main
 from hyinf.cli.common import (
     DB_HELP,
@@ -28,8 +26,10 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 
 @main.command()
 @click.argument("model", default="demo")
-@click.argument("image", required=False, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1)
 @click.option("--target", type=int, help="Class to explain (default: the model's prediction).")
+@click.option("--targets", "targets_file", type=click.Path(path_type=Path),
+              help="CSV with the header image,target: a class per image (named as in index.csv, or by its path).")
 @click.option("--patch", default="16", show_default=True, callback=pair_option, help="Patch size in pixels: N or HxW.")
 @click.option("--stride", default="8", show_default=True, callback=pair_option, help="Stride in pixels: N or HxW.")
 @click.option("--patch-value", type=float, default=0.0, show_default=True, help="Value the patch is filled with.")
@@ -57,31 +57,42 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 @click.option("--coarse-stride", callback=pair_option, help="Stride of the drill-down's coarse pass: N or HxW (default: twice --stride).")
 @click.option("--check-exact", is_flag=True, help="Also compute the exact heatmap and report how far an approximate one is from it.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("hyinf-out"), show_default=True)
+@click.option("--resume", is_flag=True, help="Keep the results of images already explained into --out with the same settings.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray: auto, ray://HOST:PORT or HOST:PORT; no address starts a local cluster for the run.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors, each holding the model once.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads per Ray actor.")
+@click.option("--contact-sheet", "contact", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Images on contact_sheet.png: the most confident, with their overlays (0: none).")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @user_errors
-def explain(model: str, image: Path | None, target: int | None, patch: int | tuple[int, int], stride: int | tuple[int, int],
-            patch_value: float, patch_space: str,
-            mode: str, score: str, device: str, backend: str, image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
-            max_memory: float | None, plan_file: Path | None, db_url: str | None, registry: str | None, threshold: float, ratio: float, coarse_stride: int | tuple[int, int] | None,
-            check_exact: bool, out_dir: Path, quiet: bool) -> None:
-    """Occlusion heatmap of IMAGE under MODEL.
+def explain(model: str, images: tuple[str, ...], target: int | None, targets_file: Path | None, patch: int | tuple[int, int],
+            stride: int | tuple[int, int], patch_value: float, patch_space: str, mode: str, score: str, device: str, backend: str,
+            image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
+            max_memory: float | None, plan_file: Path | None, db_url: str | None, registry: str | None, threshold: float, ratio: float,
+            coarse_stride: int | tuple[int, int] | None, check_exact: bool, out_dir: Path, resume: bool, ray_address: str | None,
+            workers: int, threads: int, contact: int, quiet: bool) -> None:
+    """Occlusion heatmaps of IMAGES under MODEL.
 
     MODEL is 'demo' (a small bundled CNN with trained weights), torchvision:NAME, an .onnx file, a torch.export
-    (.pt2) file or a TorchScript file. IMAGE is any file Pillow reads; for the demo it defaults to
-    the bundled sample. Writes heatmap.npy, attribution.npy, overlay.png and report.json to --out.
-    Hybrid runs use the plan stored for this model, settings and device (`hyinf plan`), or plan now.
+    (.pt2) file or a TorchScript file. IMAGES are files Pillow reads, folders (searched recursively
+    for image extensions) and globs; for the demo they default to the bundled sample. Hybrid runs use
+    the plan stored for this model, settings and device (`hyinf plan`), or plan now.
 
-    Example: hyinf explain torchvision:resnet18 cat.jpg --patch 16 --stride 8 --out cat-heatmap
+    One image file: heatmap.npy, attribution.npy, overlay.png and report.json go to --out. Several
+    (or a folder, a glob, --targets, --resume or --ray): one folder per image under --out, named after
+    its path relative to what was given, with index.csv (a row per image), class_means/ (the mean
+    heatmap per explained class) and contact_sheet.png. A failing image is recorded and the rest go
+    on; the exit code is 1 if any failed.
+
+    Examples: hyinf explain torchvision:resnet18 cat.jpg --out cat-heatmap;
+    hyinf explain torchvision:resnet18 val/ --out audit --ray
     """
     laps = Laps()
-    import numpy as np
-
     from hyinf.explain import check_work, resolve_device
     from hyinf.graph.geometry import OcclusionGrid
     from hyinf.graph.sources import is_onnx
-    from hyinf.images import load_image
-    from hyinf.models import load_model
-    from hyinf.viz import save_overlay
+    from hyinf.imageset.worker import JobSpec, Worker, file_sha256
 
     laps.lap("imports_s")  # the engine's modules load here, not for `hyinf --help`
     # Everything that can be checked without the model is, before the model is loaded.
@@ -95,76 +106,103 @@ def explain(model: str, image: Path | None, target: int | None, patch: int | tup
     resolve_device(device)
     if out_dir.exists() and not out_dir.is_dir():
         raise click.BadParameter(f"{out_dir} is a file; give a folder to write the results into", param_hint="--out")
-    if image is None and model != "demo":
-        raise click.UsageError("IMAGE is required unless MODEL is 'demo'")
-    if image is not None:
-        check_readable_file(image, "image")
+    if not images and model != "demo":
+        raise click.UsageError("IMAGES are required unless MODEL is 'demo'")
     if plan_file is not None:
         check_readable_file(plan_file, "plan file")
-    for name in RESULT_FILES:
-        if (out_dir / name).is_dir():
-            raise click.BadParameter(f"{out_dir / name} is a directory; give another --out", param_hint="--out")
+        import hyinf
+
+        hyinf.PlanDocument.parse(plan_file.read_bytes(), str(plan_file))  # a malformed plan is refused before the model loads
+        if mode != "hybrid":
+            raise click.UsageError("--plan runs a hybrid plan; leave out --mode")
+    if targets_file is not None:
+        check_readable_file(targets_file, "targets file")
+        if target is not None:
+            raise click.UsageError("give --target (one class for every image) or --targets FILE, not both")
+    single = len(images) <= 1 and targets_file is None and not resume and ray_address is None and (
+        not images or Path(images[0]).is_file())
+    if single:
+        for name in RESULT_FILES:
+            if (out_dir / name).is_dir():
+                raise click.BadParameter(f"{out_dir / name} is a directory; give another --out", param_hint="--out")
     writable_folder(out_dir)
-    plan = hyinf.PlanDocument.parse(plan_file.read_bytes(), str(plan_file)) if plan_file is not None else None
-    if plan is not None and mode != "hybrid":
-        raise click.UsageError("--plan runs a hybrid plan; leave out --mode")
+    spec = JobSpec(
+        model=str(Path(model).resolve()) if Path(model).suffix and Path(model).exists() else model,
+        weights=str(weights.resolve()) if weights else None, image_size=tuple(image_size) if image_size else None, normalize=normalize,
+        patch_value=patch_value, patch_space=patch_space, plan_file=str(plan_file.resolve()) if plan_file else None,
+        settings={"patch": patch, "stride": stride, "mode": mode, "db": db_url, "device": device, "backend": backend, "output": score,
+                  "batch_size": batch_size, "max_memory": None if max_memory is None else max_memory * 1024**3,
+                  "approx_threshold": threshold, "drill_down": ratio, "coarse_stride": coarse_stride, "check_exact": check_exact,
+                  "registry": registry, "progress": single and not quiet and sys.stderr.isatty()},
+    )
+    if not single:
+        _many(spec, images, target, targets_file, out_dir, resume, ray_address, workers, threads, contact, quiet)
+        return
+    if images:
+        check_readable_file(Path(images[0]), "image")
     laps.lap("checks_s")
-    loaded = load_model(model, weights, tuple(image_size) if image_size else None)
+    worker = Worker(spec)
     laps.lap("model_load_s")  # an ONNX file's import (checks, conversion, tracing its graph) included
-    if not normalize:
-        loaded = replace(loaded, mean=(0.0,) * len(loaded.mean), std=(1.0,) * len(loaded.std))
-    if image is None:
+    loaded = worker.loaded
+    if images:
+        image = Path(images[0])
+    else:
         from hyinf.demo import SAMPLE, asset
 
         image = asset(SAMPLE)
-    size = tuple(image_size) if image_size else loaded.image_size
     if not is_onnx(model):  # before decoding and resizing the image, which can take seconds at large sizes
-        grid = OcclusionGrid.make(size, patch, stride)  # type: ignore[arg-type]
-        check_work(loaded.module, (1, len(loaded.mean), *size), resolve_device(device), len(grid), progress=False)
-    pixels = load_image(image, size)  # type: ignore[arg-type]
+        grid = OcclusionGrid.make(worker.size, patch, stride)  # type: ignore[arg-type]
+        check_work(loaded.module, (1, len(loaded.mean), *worker.size), resolve_device(device), len(grid), progress=False)
+    pixels = worker.pixels(image)
     laps.lap("image_s")
-    value = loaded.pixel_to_input(patch_value) if patch_space == "pixel" else patch_value
-    result = hyinf.explain(
-        loaded.module, loaded.normalise(pixels), target=target, patch=patch, stride=stride, patch_value=value,
-        mode=mode, plan=plan, db=db_url, device=device, backend=backend, output=score, batch_size=batch_size,
-        max_memory=None if max_memory is None else max_memory * 1024**3, approx_threshold=threshold, drill_down=ratio,
-        coarse_stride=coarse_stride, check_exact=check_exact, progress=not quiet and sys.stderr.isatty(), registry=registry,
-    )
+    result = worker.explainer.explain(loaded.normalise(pixels), target)
     laps.lap("explain_s")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "heatmap.npy", result.heatmap.numpy())
-    np.save(out_dir / "attribution.npy", result.attribution.numpy())
-    label = loaded.labels[result.target] if result.target < len(loaded.labels) else str(result.target)
-    save_overlay(pixels, result.attribution[0], out_dir / "overlay.png", f"{loaded.description}: class {label}, patch {'x'.join(map(str, result.grid.patch))}, "
-                 f"stride {'x'.join(map(str, result.grid.stride))}")
-    report = {
-        "hyinf_version": hyinf.__version__,
-        "model": loaded.description,
-        "image": str(image),
-        "image_size": list(size),
-        "settings": {"patch": list(result.grid.patch), "stride": list(result.grid.stride), "patch_value": patch_value,
-                     "patch_space": patch_space, "output": score, "device": device, "backend": backend, "batch_size": result.batch_size},
-        "target": result.target,
-        "target_label": label,
-        "base_score": result.base_score,
-        "positions": list(result.grid.shape),
-        "mode": result.mode,
-        "plan_source": result.plan_source,  # given, local, registry or planned; null where the mode needs no plan
-        "timings_s": result.timings,  # inside hyinf.explain: trace, verify, compile (plan, engine, sessions), positions
-        "process_s": laps.times,  # this command's fixed costs around it, from process start to the last file
-        "node_modes": result.node_modes,
-    }
+    from hyinf.imageset.inputs import Item
+
+    def process() -> dict[str, object]:
+        laps.lap("write_s")
+        laps.times["wall_s"] = laps.times["startup_s"] + sum(v for k, v in laps.times.items() if k != "startup_s")
+        return {"process_s": laps.times}  # this command's fixed costs around it, from process start to the last file
+
+    worker.write(out_dir, Item(image, image.name), file_sha256(image), target, pixels, result, process)
     approx = result.approximation
-    if approx is not None:
-        report["approximation"] = {"approx_threshold": approx.threshold, "drill_down": approx.drill_down,
-                                   "coarse_stride": list(approx.coarse_stride) if approx.coarse_stride else None,
-                                   "occluded_images": approx.positions, "exact_occluded_images": approx.exact_positions,
-                                   "quality": approx.quality.as_dict() if approx.quality else None}
-    laps.lap("write_s")
-    laps.times["wall_s"] = laps.times["startup_s"] + sum(v for k, v in laps.times.items() if k != "startup_s")
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     if not quiet:
-        click.echo(f"{loaded.description}: target {label} (score {result.base_score:.4g}), {len(result.grid)} positions, "
+        click.echo(f"{loaded.description}: target {worker.label(result.target)} (score {result.base_score:.4g}), {len(result.grid)} positions, "
                    f"{result.mode}, {result.timings['total_s']:.2f} s -> {out_dir}/")
         if approx is not None and approx.quality is not None:
             click.echo(f"distance from exact ({result.timings['exact_s']:.2f} s): {approx.quality.summary()}")
+
+
+def _many(spec: object, images: tuple[str, ...], target: int | None, targets_file: Path | None, out_dir: Path, resume: bool,
+          ray_address: str | None, workers: int, threads: int, contact: int, quiet: bool) -> None:
+    """Every image the arguments name, one results folder each, with index.csv and the summaries."""
+    from tqdm import tqdm
+
+    from hyinf.imageset.inputs import collect, read_targets
+    from hyinf.imageset.job import RESERVED, RayOptions, explain_images
+
+    def note(line: str) -> None:
+        if not quiet:
+            tqdm.write(f"hyinf: {line}", file=sys.stderr)
+
+    inputs = collect(images, RESERVED)
+    for line in inputs.notes:
+        note(line)
+    if not inputs.items:
+        raise click.UsageError(f"no images to explain in {' '.join(images)}")
+    targets = {item.name: target for item in inputs.items} if target is not None else {}
+    if targets_file is not None:
+        targets, notes = read_targets(targets_file, inputs.items)
+        for line in notes:
+            note(line)
+    ray = None if ray_address is None else RayOptions(None if ray_address == "local" else ray_address, workers, threads)
+    started = time.perf_counter()
+    result = explain_images(spec, inputs.items, out_dir, targets=targets, resume=resume, ray=ray, contact=contact,  # type: ignore[arg-type]
+                            progress=not quiet and sys.stderr.isatty(), note=note)
+    failed = len(result.failed)
+    if not quiet:
+        kept = f", {result.resumed} kept from before" if result.resumed else ""
+        click.echo(f"{len(result.rows)} images, {len(result.rows) - failed} explained, {failed} failed{kept}, "
+                   f"{time.perf_counter() - started:.1f} s -> {out_dir}/index.csv")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(result.rows)} images failed; their reasons are in {out_dir / 'index.csv'}")
