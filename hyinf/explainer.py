@@ -51,7 +51,13 @@ from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.occlusion import patch_fill
 from hyinf.runtime.program import TorchProgram
-from hyinf.runtime.verify import check_batches, check_output, check_torch, float32, program_output
+from hyinf.runtime.verify import (
+    check_batches,
+    check_output,
+    check_torch,
+    float32,
+    program_output,
+)
 
 if TYPE_CHECKING:  # ONNX and ONNX Runtime load where a run uses them, not on import
     import onnx

@@ -224,7 +224,7 @@ CLI: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
         lambda f: ["explain", "demo", "--drill-down", "0.5", "--coarse-stride", "0"],
         "at least 1 pixel",
     ),
-    "image is a directory": (lambda f: ["explain", "demo", str(f["folder"])], "is a directory"),
+    "image folder holds no images": (lambda f: ["explain", "demo", str(f["folder"])], "no images to explain: .* holds no image files"),
     "image is a FIFO": (lambda f: ["explain", "demo", str(f["fifo"])], "not a regular file"),
     "image is text": (lambda f: ["explain", "demo", str(f["text_image"])], "not an image Pillow can read"),
     "image missing": (lambda f: ["explain", "demo", str(f["dir"] / "nowhere.png")], "does not exist"),
@@ -296,7 +296,7 @@ CLI: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
         ],
         "leave out --mode",
     ),
-    "image missing for a model": (lambda f: ["explain", "torchvision:resnet18"], "IMAGE is required"),
+    "image missing for a model": (lambda f: ["explain", "torchvision:resnet18"], "IMAGES are required"),
     "database is notes": (lambda f: ["explain", "demo", "--db", str(f["notes_db"])], "not a SQLite database"),
     "database is someone else's": (
         lambda f: ["explain", "demo", "--db", str(f["foreign_db"])],

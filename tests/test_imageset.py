@@ -158,3 +158,16 @@ def test_a_job_killed_midway_resumes_where_it_stopped(tmp_path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert all(report.stat().st_mtime_ns == stamp for report, stamp in stamps.items())  # kept, not redone
     assert len(_index(out)) == 48 and all(row["status"] == "ok" for row in _index(out).values())
+
+
+def test_a_pipe_among_the_images_fails_alone_without_blocking(tmp_path) -> None:
+    """A FIFO named with an image extension would block a reader forever: it is refused, not opened."""
+    images = _images(tmp_path / "imgs", count=1)
+    fifo = tmp_path / "stream.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    result = invoke("explain", "demo", str(images / "im0.png"), str(fifo), "--out", str(out))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    index = _index(out)
+    assert index["im0.png"]["status"] == "ok"
+    assert index["stream.png"]["status"] == "failed" and "not a regular file" in index["stream.png"]["error"]

@@ -119,8 +119,11 @@ def explain(model: str, images: tuple[str, ...], target: int | None, targets_fil
         check_readable_file(targets_file, "targets file")
         if target is not None:
             raise click.UsageError("give --target (one class for every image) or --targets FILE, not both")
+    from hyinf.imageset.inputs import is_glob
+
+    # One image named directly (which may not exist: it is checked below, as ever) keeps the one-folder layout.
     single = len(images) <= 1 and targets_file is None and not resume and ray_address is None and (
-        not images or Path(images[0]).is_file())
+        not images or not (Path(images[0]).is_dir() or is_glob(images[0])))
     if single:
         for name in RESULT_FILES:
             if (out_dir / name).is_dir():
@@ -186,10 +189,10 @@ def _many(spec: object, images: tuple[str, ...], target: int | None, targets_fil
             tqdm.write(f"hyinf: {line}", file=sys.stderr)
 
     inputs = collect(images, RESERVED)
+    if not inputs.items:
+        raise click.UsageError(f"no images to explain: {'; '.join(inputs.notes)}")
     for line in inputs.notes:
         note(line)
-    if not inputs.items:
-        raise click.UsageError(f"no images to explain in {' '.join(images)}")
     targets = {item.name: target for item in inputs.items} if target is not None else {}
     if targets_file is not None:
         targets, notes = read_targets(targets_file, inputs.items)

@@ -29,13 +29,14 @@ class Inputs:
     notes: list[str] = field(default_factory=list)  # one line each: missing paths, non-images skipped, repeats
 
 
-def _is_glob(arg: str) -> bool:
+def is_glob(arg: str) -> bool:
+    """A pattern, not the name of an existing file."""
     return glob.has_magic(arg) and not os.path.exists(arg)
 
 
 def _found(arg: str, notes: list[str]) -> Iterable[tuple[Path, str]]:
     """(file, name relative to what was given) for one argument."""
-    if _is_glob(arg):
+    if is_glob(arg):
         parts = Path(arg).parts
         fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
         base = Path(*parts[:fixed]) if fixed else Path()  # names are relative to the folders before the first pattern

@@ -13,9 +13,23 @@ from typing import Any
 
 from tqdm import tqdm
 
-from hyinf.imageset.index import INDEX, RUN_FILE, Index, Row, check_run, completed, run_digest
+from hyinf.errors import HyinfError
+from hyinf.imageset.index import (
+    INDEX,
+    RUN_FILE,
+    Index,
+    Row,
+    check_run,
+    completed,
+    run_digest,
+)
 from hyinf.imageset.inputs import Item
-from hyinf.imageset.summary import CLASS_MEANS, CONTACT_SHEET, class_means, contact_sheet
+from hyinf.imageset.summary import (
+    CLASS_MEANS,
+    CONTACT_SHEET,
+    class_means,
+    contact_sheet,
+)
 from hyinf.imageset.worker import JobSpec, Worker, file_sha256
 
 #: Names of the job's own outputs, which no image's results folder may take.
@@ -87,7 +101,7 @@ def _job(rows: Callable[[list[tuple[Item, int | None]]], Iterator[Row]], items: 
         if resume:
             try:
                 done = completed(out / item.name, file_sha256(item.path), run, target)
-            except OSError:
+            except (OSError, HyinfError):
                 done = None  # unreadable now: it is tried, and its failure recorded
         if done is not None:
             kept.append(done)

@@ -92,8 +92,8 @@ class RayPool:
         try:
             if ray.is_initialized():
                 pass
-            elif options.address is None:
-                ray.init(num_cpus=options.workers * options.threads, include_dashboard=False, log_to_driver=False,
+            elif options.address is None:  # "local": a new cluster, even where one runs already
+                ray.init(address="local", num_cpus=options.workers * options.threads, include_dashboard=False, log_to_driver=False,
                          object_store_memory=OBJECT_STORE_BYTES, logging_level="ERROR")
                 self.started = True
             else:
@@ -104,17 +104,18 @@ class RayPool:
                                 "check the address (`ray status` on the cluster), or leave it out to start a local cluster") from None
         try:
             self.actor_class = ray.remote(num_cpus=options.threads)(_Actor)
-            self.actors = [self._actor() for _ in range(options.workers)]
+            self.actors = self._actors(options.workers)
         except BaseException:
             self.close()
             raise
 
-    def _actor(self) -> Any:
-        actor = self.actor_class.remote(self.spec, self.run_digest, self.options.threads)
-        error = self.ray.get(actor.ready.remote())
-        if error is not None:
-            raise HyinfError(error)
-        return actor
+    def _actors(self, count: int) -> list[Any]:
+        """`count` actors whose models loaded, started together (each imports torch and loads the model)."""
+        actors = [self.actor_class.remote(self.spec, self.run_digest, self.options.threads) for _ in range(count)]
+        for error in self.ray.get([actor.ready.remote() for actor in actors]):
+            if error is not None:
+                raise HyinfError(error)
+        return actors
 
     def __enter__(self) -> RayPool:
         return self
@@ -153,7 +154,7 @@ class RayPool:
                 rows = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
                 if isinstance(e, ray.exceptions.RayActorError) and self.actors[slot] is actor:
-                    self.actors[slot] = self._actor()  # its other queued task fails too, and is retried on this one
+                    self.actors[slot] = self._actors(1)[0]  # its other queued task fails too, and is retried on this one
                 if attempt == 0:
                     queue.appendleft((task, 1))
                 else:

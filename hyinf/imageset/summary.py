@@ -26,10 +26,8 @@ def class_file_name(target: int, label: str) -> str:
 
 def class_means(out: Path, rows: list[Row]) -> list[Path]:
     """`class_means/CLASS.npy` (the mean heatmap of the images explained for that class) and its PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     groups: dict[tuple[int, str], list[np.ndarray]] = defaultdict(list)
     for row in rows:
@@ -48,14 +46,15 @@ def class_means(out: Path, rows: list[Row]) -> list[Path]:
         name = class_file_name(target, label)
         np.save(folder / f"{name}.npy", mean)
         limit = float(np.abs(mean).max()) or 1.0
-        fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=110)
+        fig = Figure(figsize=(4.6, 4.0), dpi=110)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
         shown = ax.imshow(mean, cmap="coolwarm", vmin=-limit, vmax=limit)
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="mean drop in target score")
         ax.set_title(f"class {label}: mean heatmap of {len(maps)} image{'s' * (len(maps) != 1)}", fontsize=9)
         ax.axis("off")
         fig.tight_layout()
         fig.savefig(folder / f"{name}.png")
-        plt.close(fig)
         written.append(folder / f"{name}.npy")
     return written
 

@@ -18,6 +18,7 @@ import hyinf
 from hyinf.errors import HyinfError
 from hyinf.imageset.index import RESULT_FILES, Row, write_atomic
 from hyinf.imageset.inputs import Item
+from hyinf.paths import check_readable_file
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +52,8 @@ class JobSpec:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's digest; a pipe or device is refused, not read (it could block or never end)."""
+    check_readable_file(path, "image")
     sha = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -82,6 +85,9 @@ class Worker:
             plan = hyinf.PlanDocument.parse(Path(spec.plan_file).read_bytes(), spec.plan_file)
         value = loaded.pixel_to_input(spec.patch_value) if spec.patch_space == "pixel" else spec.patch_value
         self.explainer = Explainer(loaded.module, patch_value=value, plan=plan, **spec.settings)
+        from hyinf.viz import Overlays
+
+        self.overlays = Overlays()
 
     def label(self, target: int) -> str:
         return self.loaded.labels[target] if target < len(self.loaded.labels) else str(target)
@@ -130,8 +136,6 @@ class Worker:
     def write(self, folder: Path, item: Item, sha: str, target: int | None, pixels: torch.Tensor, result: Explanation,
               extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
         """The four result files of one image; report.json last, so its presence means the rest are whole."""
-        from hyinf.viz import save_overlay
-
         folder.mkdir(parents=True, exist_ok=True)
         for name in RESULT_FILES:
             if (folder / name).is_dir():
@@ -140,7 +144,7 @@ class Worker:
         np.save(folder / "attribution.npy", result.attribution.numpy())
         label = self.label(result.target)
         grid = result.grid
-        save_overlay(pixels, result.attribution[0], folder / "overlay.png", f"{self.loaded.description}: class {label}, "
+        self.overlays.save(pixels, result.attribution[0], folder / "overlay.png", f"{self.loaded.description}: class {label}, "
                      f"patch {'x'.join(map(str, grid.patch))}, stride {'x'.join(map(str, grid.stride))}")
         report = self.report(item, sha, target, result)
         report.update(extra() if extra else {})  # called last: the caller may time the writing
