@@ -121,19 +121,18 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", nargs="+", default=["demo:200:128", "torchvision:resnet18:32:224"],
-                        help="MODEL:COUNT:SIZE, for example demo:200:128")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sets", nargs="+", default=["demo:200:128:3", "torchvision:resnet18:32:224:2"],
+                        help="MODEL:COUNT:SIZE:ROUNDS (interleaved rounds), for example demo:200:128:3")
     parser.add_argument("--ways", nargs="+", default=["loop", "batch", "cli", "ray 2x1", "ray 1x2", "ray running 2x1"])
     parser.add_argument("--write", type=Path, help="markdown file whose image-sets section is replaced")
     args = parser.parse_args()
-    lines = [f"Machine: {machine()}; {time.strftime('%Y-%m-%d')}; {args.rounds} interleaved rounds, fresh processes. "
+    lines = [f"Machine: {machine()}; {time.strftime('%Y-%m-%d')}; interleaved rounds (the table says how many), fresh processes. "
              "Seconds and images/s: medians (range); memory: the machine's peak use above its use before the run, GiB. "
              "loop and batch time the Explainer's calls alone; cli and ray the whole process. "
              "Ray overhead: ray seconds over cli seconds - 1.", "",
-             "| model | images | way | seconds | images/s | peak memory GiB | over cli |", "|---|---:|---|---:|---:|---:|---:|"]
+             "| model | images | rounds | way | seconds | images/s | peak memory GiB | over cli |", "|---|---:|---:|---|---:|---:|---:|---:|"]
     for entry in args.sets:
-        model, count, size = entry.rsplit(":", 2)
+        model, count, size, rounds = entry.rsplit(":", 3)
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             images = work / "images"
@@ -144,7 +143,7 @@ def main() -> None:
                 subprocess.run([RAY, "start", "--head", "--port", "6390", "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
                                check=True, capture_output=True)
             try:
-                for round_ in range(args.rounds):
+                for round_ in range(int(rounds)):
                     order = args.ways[round_ % len(args.ways):] + args.ways[: round_ % len(args.ways)]
                     for way in order:
                         runs[way].append(one_way(way, model, images, work))
@@ -160,7 +159,7 @@ def main() -> None:
                 seconds = [r["seconds"] for r in runs[way]]
                 rate = [int(count) / s for s in seconds]
                 over = (spread([s / c - 1 for s, c in zip(seconds, cli, strict=True)]) if cli and way.startswith("ray") else "")
-                lines.append(f"| {model} ({size}px) | {count} | {way} | {spread(seconds)} | {spread(rate)} | "
+                lines.append(f"| {model} ({size}px) | {count} | {rounds} | {way} | {spread(seconds)} | {spread(rate)} | "
                              f"{statistics.median(r['memory'] for r in runs[way]):.2f} | {over} |")
     report("\n".join(lines) + "\n", args.write, "image-sets")
 

@@ -32,6 +32,8 @@ from hyinf.runtime.windows import span_mask
 if TYPE_CHECKING:  # ONNX, ONNX Runtime and the database load where a run uses them, not on import
     import onnx
 
+    from hyinf.planner.quality_target import Calibration
+
 
 @dataclass(frozen=True)
 class Explanation:
@@ -55,6 +57,7 @@ class Explanation:
     node_modes: dict[str, str] = field(default_factory=dict)
     approximation: Approximation | None = None  # None: exact
     plan_source: str | None = None  # where the plan came from: given, local, registry or planned (None: no plan)
+    calibration: Calibration | None = None  # the stored calibration a quality target chose the settings by
 
 
 @dataclass(frozen=True)

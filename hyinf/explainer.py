@@ -44,6 +44,7 @@ from hyinf.kept import Kept
 from hyinf.modes import BACKENDS, MODES, OUTPUTS
 from hyinf.planner.document import PlanDocument
 from hyinf.planner.plan import Plan
+from hyinf.planner.quality_target import Calibration, check_target
 from hyinf.quality import compare
 from hyinf.runtime.budget import batch_size_for, bytes_per_position, check_limits
 from hyinf.runtime.cache import ModelCache, content_digest
@@ -128,6 +129,7 @@ class Explainer:
         check_exact: bool = False,
         progress: bool = False,
         registry: str | None = None,
+        target_ssim: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -139,12 +141,19 @@ class Explainer:
             raise SettingsError(f"model must be a torch.nn.Module, an onnx.ModelProto or an .onnx path, got {type(model).__name__}")
         check_limits(max_memory, batch_size)
         drilldown.check_ratio(drill_down)
+        if target_ssim is not None:
+            check_target(target_ssim, "target_ssim")
+            if approx_threshold != 1 or drill_down != 1 or coarse_stride is not None or plan is not None or mode != "hybrid":
+                raise SettingsError("target_ssim takes its approximate settings and plan from a stored calibration: "
+                                    "leave out approx_threshold, drill_down, coarse_stride, plan and mode")
         self.model, self.device = model, resolve_device(device)
         self.patch, self.stride, self.patch_value, self.mode, self.plan = patch, stride, patch_value, mode, plan
         self.db, self.backend, self.output, self.registry = db, backend, output, registry
         self.batch_size, self.max_memory = batch_size, max_memory
         self.approx_threshold, self.drill_down, self.coarse_stride = approx_threshold, drill_down, coarse_stride
-        self.check_exact, self.progress = check_exact, progress
+        self.check_exact, self.progress, self.target_ssim = check_exact, progress, target_ssim
+        self.calibration: Calibration | None = None  # set on the Explainers a target chose settings for
+        self._calibrated: dict[tuple[int, ...], Explainer] = {}
         self._programs: ModelCache[TorchProgram] = ModelCache(2)  # by image shape: tracing vgg16 took 0.75-1.9 s
         self._engines: Kept[BlockedEngine] = Kept(4)  # a drill-down uses two: its coarse and its fine grid
         self._ort: ModelCache[OrtEngine] = ModelCache(4)
@@ -195,6 +204,13 @@ class Explainer:
         if not images:
             return []
         batches = [as_batch(image).to(self.device) for image in images]
+        if self.target_ssim is not None:  # each size's calibrated settings, found once
+            runners = [self._for_target(batch) for batch in batches]
+            found: dict[int, Explanation] = {}
+            for runner in {id(r): r for r in runners}.values():
+                members = [i for i, r in enumerate(runners) if r is runner]
+                found.update(zip(members, runner.explain_batch([images[i] for i in members], [wanted[i] for i in members]), strict=True))
+            return [found[i] for i in range(len(images))]
         if self.mode == "naive" or self.backend == "ort" or self.drill_down < 1:
             # One image per pass: ORT sessions are built for one image, and a drill-down's fine positions differ per image.
             return [self._one(image, target) for image, target in zip(images, wanted, strict=True)]
@@ -213,6 +229,32 @@ class Explainer:
                 for i, result in zip(chosen, done, strict=True):
                     results[i] = result
         return [r for r in results if r is not None]
+
+    def _for_target(self, batch: torch.Tensor) -> Explainer:
+        """This Explainer with the settings and plan of the stored calibration that meets `target_ssim`
+        for images of this size (sharing its programs, engines and imports)."""
+        shape = tuple(batch.shape)
+        if shape not in self._calibrated:
+            from hyinf.calibration import find_calibrated
+            from hyinf.plans_db import Database
+            from hyinf.plans_db.location import existing_database
+            from hyinf.profiler.machine import fingerprint
+
+            model, identity, _ = self._resolve(batch)
+            program = self._traced(model, identity, shape)
+            grid = OcclusionGrid.make(tuple(batch.shape[-2:]), self.patch, self.stride)  # type: ignore[arg-type]
+            url = existing_database(self.db)
+            with contextlib.ExitStack() as stack:
+                db = stack.enter_context(Database(url)) if url is not None else None
+                document = find_calibrated(db, program.graph, grid, fingerprint(self.device), self.backend, self.target_ssim)  # type: ignore[arg-type]
+            found = document.calibration
+            assert found is not None
+            runner = copy.copy(self)
+            runner.target_ssim, runner.plan, runner.calibration = None, document, found
+            runner.approx_threshold, runner.drill_down = found.approx_threshold, found.drill_down
+            runner.coarse_stride = tuple(found.coarse_stride) if found.coarse_stride else None  # type: ignore[assignment]
+            self._calibrated[shape] = runner
+        return self._calibrated[shape]
 
     def _grid(self, batch: torch.Tensor) -> OcclusionGrid:
         grid = OcclusionGrid.make(tuple(batch.shape[-2:]), self.patch, self.stride, self.approx_threshold)  # type: ignore[arg-type]
@@ -326,7 +368,7 @@ class Explainer:
                 scores=row, heatmap=heatmap, attribution=attribution_from(heatmap, grid, shape), target=chosen[i],
                 base_score=base_score, grid=grid, batch_size=run.batch_size, timings=dict(share), node_modes=run.node_modes,
                 mode=run.mode if approximation is None else f"{run.mode}, {approximation.describe()}", approximation=approximation,
-                plan_source=run.plan_source,
+                plan_source=run.plan_source, calibration=self.calibration,
             )
             results.append(self._with_exact(result, batches[i]) if approximation is not None and self.check_exact else result)
         return results
@@ -435,7 +477,7 @@ class Explainer:
             scores=scores, heatmap=heatmap, attribution=attribution_from(heatmap, grid, image.shape), target=target,
             base_score=base_score, grid=grid, batch_size=fine.batch_size, timings=timings, node_modes=fine.node_modes,
             mode=fine.mode if approximation is None else f"{fine.mode}, {approximation.describe()}", approximation=approximation,
-            plan_source=fine.plan_source,
+            plan_source=fine.plan_source, calibration=self.calibration,
         )
         return self._with_exact(result, image) if approximation is not None and self.check_exact else result
 

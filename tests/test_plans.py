@@ -68,7 +68,7 @@ def test_document_round_trip_and_contents() -> None:
     again = PlanDocument.parse(document.to_json())
     assert again.body == json.loads(document.to_json())
     body = again.body
-    assert body["schema_version"] == 1 and body["strategy"] == "optimal"
+    assert body["schema_version"] == 2 and body["strategy"] == "optimal"
     assert set(body["predicted_s"]) == {"plan", "all-incremental", "all-full", "heuristic"}
     assert body["predicted_s"]["plan"] <= min(body["predicted_s"].values()) * (1 + 1e-6)
     assert sum(b["positions"] for b in body["blocks"]) == 8 * 8

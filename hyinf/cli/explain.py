@@ -55,6 +55,8 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 @click.option("--drill-down", "ratio", type=float, default=1.0, show_default=True,
               help="Drill-down RATIO in (0, 1]: a coarse pass, then the fine stride only over this fraction of it where the heatmap is highest (1 = exact).")
 @click.option("--coarse-stride", callback=pair_option, help="Stride of the drill-down's coarse pass: N or HxW (default: twice --stride).")
+@click.option("--target-ssim", type=float,
+              help="Approximate with the settings of the stored plan calibrated for at least this SSIM (`hyinf plan --target-ssim`).")
 @click.option("--check-exact", is_flag=True, help="Also compute the exact heatmap and report how far an approximate one is from it.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("hyinf-out"), show_default=True)
 @click.option("--resume", is_flag=True, help="Keep the results of images already explained into --out with the same settings.")
@@ -70,7 +72,7 @@ def explain(model: str, images: tuple[str, ...], target: int | None, targets_fil
             stride: int | tuple[int, int], patch_value: float, patch_space: str, mode: str, score: str, device: str, backend: str,
             image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
             max_memory: float | None, plan_file: Path | None, db_url: str | None, registry: str | None, threshold: float, ratio: float,
-            coarse_stride: int | tuple[int, int] | None, check_exact: bool, out_dir: Path, resume: bool, ray_address: str | None,
+            coarse_stride: int | tuple[int, int] | None, target_ssim: float | None, check_exact: bool, out_dir: Path, resume: bool, ray_address: str | None,
             workers: int, threads: int, contact: int, quiet: bool) -> None:
     """Occlusion heatmaps of IMAGES under MODEL.
 
@@ -104,6 +106,13 @@ def explain(model: str, images: tuple[str, ...], target: int | None, targets_fil
     if max_memory is not None and max_memory <= 0:
         raise click.BadParameter(f"must be a positive number of GiB, got {max_memory}", param_hint="--max-memory")
     resolve_device(device)
+    if target_ssim is not None:
+        from hyinf.planner.quality_target import check_target
+
+        check_target(target_ssim, "--target-ssim")
+        if threshold != 1 or ratio != 1 or coarse_stride is not None or plan_file is not None or mode != "hybrid":
+            raise click.UsageError("--target-ssim takes its settings from a calibrated plan: leave out --approx-threshold, "
+                                   "--drill-down, --coarse-stride, --plan and --mode")
     if out_dir.exists() and not out_dir.is_dir():
         raise click.BadParameter(f"{out_dir} is a file; give a folder to write the results into", param_hint="--out")
     if not images and model != "demo":
@@ -136,7 +145,7 @@ def explain(model: str, images: tuple[str, ...], target: int | None, targets_fil
         settings={"patch": patch, "stride": stride, "mode": mode, "db": db_url, "device": device, "backend": backend, "output": score,
                   "batch_size": batch_size, "max_memory": None if max_memory is None else max_memory * 1024**3,
                   "approx_threshold": threshold, "drill_down": ratio, "coarse_stride": coarse_stride, "check_exact": check_exact,
-                  "registry": registry, "progress": single and not quiet and sys.stderr.isatty()},
+                  "registry": registry, "target_ssim": target_ssim, "progress": single and not quiet and sys.stderr.isatty()},
     )
     if not single:
         _many(spec, images, target, targets_file, out_dir, resume, ray_address, workers, threads, contact, quiet)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +18,10 @@ from hyinf.cli.common import (
     writable_file,
 )
 from hyinf.paths import check_readable_file
+
+if TYPE_CHECKING:
+    from hyinf.models import LoadedModel
+    from hyinf.planner.quality_target import Calibration
 
 
 @main.command()
@@ -38,10 +43,14 @@ from hyinf.paths import check_readable_file
 @click.option("--db", "db_url", help=DB_HELP)
 @click.option("--publish", is_flag=True, help="Also publish the plan, with the model's structure (no weights), to the plans service.")
 @click.option("--registry", help=REGISTRY_HELP)
+@click.option("--target-ssim", type=float, help="Calibrate: find the fastest approximate settings whose worst calibration "
+              "image keeps this SSIM against exact, and store them with the plan (`hyinf explain --target-ssim`).")
+@click.option("--calibration-images", type=click.Path(path_type=Path), help="Images (a folder, files or a glob) to calibrate on.")
+@click.option("--top-agreement", type=float, help="With --target-ssim: also keep this share of the exact top-10% positions.")
 @user_errors
 def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int, int], stride: int | tuple[int, int], device: str, threshold: float, cost_model_id: int | None, backend: str,
          strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None, publish: bool,
-         registry: str | None) -> None:
+         registry: str | None, target_ssim: float | None, calibration_images: Path | None, top_agreement: float | None) -> None:
     """Plan MODEL's hybrid evaluation and store the plan for `hyinf explain`.
 
     MODEL is demo, torchvision:NAME, an .onnx file, a torch.export (.pt2) or a TorchScript file.
@@ -63,14 +72,21 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
     dev = resolve_device(device)
     writable_file(output)
     service = publishing_registry(publish, registry)
+    _check_calibration_options(target_ssim, calibration_images, top_agreement, threshold)
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     size = tuple(image_size) if image_size else loaded.image_size
     program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
     grid = OcclusionGrid.make(size, patch, stride, threshold)  # type: ignore[arg-type]
     fp = fingerprint(dev)
+    calibration = None
+    if target_ssim is not None:
+        calibration = _calibrate(loaded, size, patch, stride, device, backend, db_url, target_ssim, calibration_images, top_agreement)
+        grid = OcclusionGrid.make(size, patch, stride, calibration.approx_threshold)  # type: ignore[arg-type]
     with Database(db_url) as db:  # closed before returning: callers in the same process see a finished file
         start = time.perf_counter()
         document = make_plan(program.graph, grid, fp, model_name=model, db=db, strategy=strategy, cost_model_id=cost_model_id, backend=backend)
+        if calibration is not None:
+            document = document.calibrated(calibration)
         seconds = time.perf_counter() - start
         plan_id = db.save_plan(graph_fingerprint(program.graph), settings_key(document.settings), fp, document.body["cost_model"]["id"],
                                dict(document.body))
@@ -84,12 +100,71 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
                f"stride {'x'.join(map(str, grid.stride))}) on {fp.description}, "
                f"{strategy}, {source['kind']} cost model{' ' + str(source['id']) if source['id'] else ''}, planned in {seconds:.2f} s")
     click.echo("predicted: " + ", ".join(f"{k} {v:.2f} s" for k, v in predicted.items()))
+    if calibration is not None:
+        click.echo(f"calibrated for SSIM {calibration.target_ssim:g} on {calibration.images} images ({calibration.candidates} candidates): "
+                   f"threshold {calibration.approx_threshold:g}, drill-down {calibration.drill_down:g}"
+                   + (f" from stride {'x'.join(map(str, calibration.coarse_stride))}" if calibration.coarse_stride else "")
+                   + f"; SSIM worst {calibration.ssim_min:.3f}, mean {calibration.ssim_mean:.3f}; top-10% agreement worst "
+                   f"{calibration.top_min:.2f}; {calibration.speedup:.2f}x exact hybrid (measured)")
+        if calibration.speedup < 1:
+            click.echo("warning: these settings are not faster than exact evaluation on this model and machine: "
+                       "explain without --target-ssim", err=True)
     click.echo(f"saved in {db.url}" + (f" and {output}" if output else ""))
     if service is not None:
         from hyinf.graph.ir_json import graph_to_json
 
         published = service.publish_plan(dict(document.body), graph_to_json(program.graph))
         click.echo(f"published as plan {published['id']} to {service.url}" + ("" if published["created"] else " (it was there already)"))
+
+
+def _check_calibration_options(target_ssim: float | None, images: Path | None, top_agreement: float | None, threshold: float) -> None:
+    """The calibration options make sense together, before the model loads."""
+    from hyinf.planner.quality_target import check_target
+
+    if target_ssim is None:
+        if images is not None or top_agreement is not None:
+            raise click.UsageError("--calibration-images and --top-agreement calibrate for a quality: give --target-ssim too")
+        return
+    check_target(target_ssim, "--target-ssim")
+    if top_agreement is not None:
+        check_target(top_agreement, "--top-agreement")
+    if images is None:
+        raise click.UsageError("--target-ssim calibrates on images: give --calibration-images DIR")
+    if threshold != 1:
+        raise click.UsageError("--target-ssim chooses the threshold itself: leave out --approx-threshold")
+
+
+def _calibrate(loaded: LoadedModel, size: tuple[int, int], patch: int | tuple[int, int], stride: int | tuple[int, int], device: str,
+               backend: str, db_url: str | None, target_ssim: float, images: Path, top_agreement: float | None) -> Calibration:
+    """The calibration on the images found under `images`, at the CLI's default patch value (black)."""
+    import sys
+
+    from hyinf.calibration import calibrate, pixels_sha256
+    from hyinf.errors import HyinfError
+    from hyinf.explainer import Explainer
+    from hyinf.images import load_image
+    from hyinf.imageset.inputs import collect
+
+    found = collect([images])
+    usable, skipped = [], []
+    for item in found.items:
+        try:
+            usable.append(loaded.normalise(load_image(item.path, size)))
+        except HyinfError as e:
+            skipped.append(str(e))
+    if not usable:
+        reasons = "; ".join([*found.notes, *skipped][:3])
+        raise click.UsageError(f"no usable calibration images in {images}" + (f": {reasons}" if reasons else ""))
+    for line in skipped:
+        click.echo(f"warning: skipped {line}", err=True)
+    fill = loaded.pixel_to_input(0.0)
+
+    def explainer(**approx: Any) -> Explainer:
+        settings = {"patch": patch, "stride": stride, **approx}
+        return Explainer(loaded.module, patch_value=fill, device=device, backend=backend, db=db_url, **settings)
+
+    return calibrate(explainer, usable, [pixels_sha256(u) for u in usable], target_ssim, top_agreement,
+                     progress=sys.stderr.isatty())
 
 
 def _print_explanation(body: dict) -> None:

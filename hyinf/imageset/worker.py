@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 #: Explainer settings whose change changes the numbers (device, backend, chunk sizes, plans and exact
 #: modes do not: every exact mode equals naive re-inference).
-RESULT_SETTINGS = ("patch", "stride", "output", "approx_threshold", "drill_down", "coarse_stride")
+RESULT_SETTINGS = ("patch", "stride", "output", "approx_threshold", "drill_down", "coarse_stride", "target_ssim")
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,8 @@ class Worker:
             "node_modes": result.node_modes,
             "run": self.run,
         }
+        if result.calibration is not None:  # the target, the settings it chose, and their worst calibration quality
+            report["calibration"] = result.calibration.to_json()
         approx = result.approximation
         if approx is not None:
             report["approximation"] = {"approx_threshold": approx.threshold, "drill_down": approx.drill_down,

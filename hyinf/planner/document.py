@@ -24,10 +24,13 @@ from hyinf.graph.geometry import Change, OcclusionGrid, changed_regions
 from hyinf.graph.ir import Graph
 from hyinf.planner.blocks import BlockPlan
 from hyinf.planner.plan import Mode, Plan
+from hyinf.planner.quality_target import Calibration
 from hyinf.profiler.machine import DeviceFingerprint
 
 FORMAT = "hyinf-plan"
-SCHEMA_VERSION = 1
+#: 2 added the optional "calibration" (hyinf/planner/quality_target.py) and settings.target_ssim beside it.
+SCHEMA_VERSION = 2
+READS = (1, 2)  # a version-1 document is a version-2 one without a calibration: it is read as that
 FIX = "make a new one with `hyinf plan`"
 MAX_BYTES = 64 * 2**20  # plans take kilobytes: this bounds what a crafted file can cost
 
@@ -114,15 +117,28 @@ class PlanDocument:
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise PlanError(f"{source} is not a hyinf plan (no \"format\": \"{FORMAT}\"); {FIX}")
         version = body.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise PlanError(f"{source} has plan schema version {version!r}; this hyinf {__version__} reads version {SCHEMA_VERSION}; {FIX}")
+        if isinstance(version, bool) or version not in READS:
+            raise PlanError(f"{source} has plan schema version {version!r}; this hyinf {__version__} reads versions "
+                            f"{', '.join(map(str, READS))}; {FIX}")
         try:
+            body = _upgrade(body)
             _check_shape(body)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PlanError(f"{source} is malformed ({type(e).__name__}: {e}); {FIX}") from None
         document = cls(body)
         document.blocks(document.grid())  # they cover the grid of their own settings exactly once
         return document
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The quality target this plan was calibrated for, with its approximate settings and evidence (None: exact)."""
+        found = self.body.get("calibration")
+        return None if found is None else Calibration.from_json(found)
+
+    def calibrated(self, calibration: Calibration) -> PlanDocument:
+        """This plan (made for the calibration's threshold) with the calibration it was chosen by."""
+        settings = {**self.settings, "target_ssim": calibration.target_ssim}
+        return PlanDocument({**self.body, "settings": settings, "calibration": calibration.to_json()})
 
     def grid(self) -> OcclusionGrid:
         """The occlusion grid the plan's settings describe."""
@@ -154,7 +170,8 @@ class PlanDocument:
             raise PlanError(f"the plan was made for another model ({self.body['model'].get('name', '?')}, structure "
                             f"{self.model_fingerprint[:12]}; this model's is {found[:12]}); {FIX} for this model")
         wanted = settings_of(grid, backend)
-        if {**self.settings, "backend": backend} != wanted:
+        own = {k: v for k, v in self.settings.items() if k != "target_ssim"}  # a calibrated plan's modes fit its grid alike
+        if {**own, "backend": backend} != wanted:
             raise PlanError(f"the plan was made for {_describe(self.settings)} but this run uses {_describe(wanted)}; {FIX} for these settings")
         if self.settings.get("backend") != backend:  # every plan is exact on every backend; only its costs were another's
             warnings.warn(f"the plan was made for backend {self.settings.get('backend')}, not {backend}; it is exact but may be "
@@ -196,6 +213,15 @@ def _describe(settings: Mapping[str, Any]) -> str:
     return f"{settings.get('image_size')} images, patch {settings.get('patch')}, stride {settings.get('stride')}{approx}, backend {settings.get('backend')}"
 
 
+def _upgrade(body: dict[str, Any]) -> dict[str, Any]:
+    """A document of an older schema version as the current one."""
+    if body["schema_version"] == 1:
+        if "calibration" in body:
+            raise ValueError("a version-1 plan has no calibration")
+        body = {**body, "schema_version": 2}
+    return body
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
@@ -223,6 +249,12 @@ def _check_shape(body: dict[str, Any]) -> None:
     threshold = body["settings"].get("approx_threshold", 1.0)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise ValueError("settings.approx_threshold must be a number in (0, 1]")
+    if "calibration" in body:
+        calibration = Calibration.from_json(body["calibration"])
+        if body["settings"].get("target_ssim") != calibration.target_ssim or threshold != calibration.approx_threshold:
+            raise ValueError("settings.target_ssim and approx_threshold must be the calibration's")
+    elif "target_ssim" in body["settings"]:
+        raise ValueError("settings.target_ssim needs a calibration")
     device = body["device"]
     for key, field in DeviceFingerprint.__dataclass_fields__.items():
         kind = int if field.type in (int, "int") else str

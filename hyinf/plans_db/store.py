@@ -361,6 +361,15 @@ class Database:
                 ).order_by(PlanRow.id.desc())
             )
 
+    def plan_bodies(self, model_fingerprint: str, device_class: str) -> list[dict[str, Any]]:
+        """The documents of every plan for this model structure on devices of this class, newest first."""
+        with self.reading() as s:
+            return list(s.scalars(
+                select(PlanRow.body).join(Device).where(
+                    PlanRow.model_fingerprint == model_fingerprint, Device.device_class == device_class, PlanRow.retracted_at.is_(None),
+                ).order_by(PlanRow.id.desc())
+            ))
+
     def plan(self, plan_id: int) -> PlanRow | None:
         with self.session() as s:
             return s.get(PlanRow, plan_id)

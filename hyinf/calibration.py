@@ -1,0 +1,162 @@
+"""Calibrating approximate settings for a quality target (`hyinf plan --target-ssim`), and finding a
+stored calibration for a run (`hyinf explain --target-ssim`).
+
+On each calibration image: the exact heatmap, and one run at every projective-field threshold over
+every position. A drill-down at that threshold is then replayed without running it again: its coarse
+positions are fine ones (or one coarse run where they are not), and each position's score does not
+depend on which others are evaluated. Each candidate's time is predicted from those runs (fixed costs,
+and seconds per evaluated position); the winner is run for real to confirm its quality and time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from hyinf import drilldown
+from hyinf.errors import SettingsError
+from hyinf.graph.fingerprint import graph_fingerprint
+from hyinf.graph.geometry import OcclusionGrid
+from hyinf.planner.document import PlanDocument, settings_of
+from hyinf.planner.quality_target import (
+    Calibration,
+    Candidate,
+    Trial,
+    candidates,
+    check_target,
+    choose,
+)
+from hyinf.profiler.machine import DeviceFingerprint
+from hyinf.quality import compare
+
+if TYPE_CHECKING:
+    from hyinf.explain import Explanation
+    from hyinf.explainer import Explainer
+    from hyinf.plans_db import Database
+
+
+def _cost(result: Explanation) -> tuple[float, float]:
+    """(fixed seconds, seconds per evaluated position) of a run."""
+    positions = result.approximation.positions if result.approximation else len(result.grid)
+    per = result.timings["positions_s"] / max(1, positions)
+    return result.timings["total_s"] - result.timings["positions_s"], per
+
+
+def _replays(fine: Explanation, coarse: Explanation | None, candidate: Candidate, grid: OcclusionGrid,
+             exact: torch.Tensor) -> tuple[float, float, float]:
+    """(SSIM, top agreement, predicted seconds) of `candidate` on one image, from its threshold's runs."""
+    fixed, per = _cost(fine)
+    if candidate.drill_down == 1:
+        quality = compare(fine.heatmap, exact)
+        return quality.ssim, quality.top_agreement, fixed + per * len(grid)
+    coarse_grid = grid.with_stride(candidate.coarse_stride(grid.stride))  # type: ignore[arg-type]
+    shared = drilldown.shared(grid, coarse_grid)
+    scores = fine.scores.reshape(-1)
+    coarse_scores = scores[torch.as_tensor(shared)] if coarse is None else coarse.scores.reshape(-1)
+    chosen = drilldown.selected(fine.base_score - coarse_scores, grid, coarse_grid, candidate.drill_down) & ~shared
+    only = torch.as_tensor(chosen)
+    combined = drilldown.combine(torch.where(only, scores, torch.full_like(scores, math.nan)), only, coarse_scores, grid, coarse_grid)
+    quality = compare(fine.base_score - combined.reshape(grid.shape), exact)
+    seconds = fixed + per * (len(coarse_grid) + int(chosen.sum()))
+    return quality.ssim, quality.top_agreement, seconds
+
+
+def calibrate(explainer: Callable[..., Explainer], images: Sequence[torch.Tensor], fingerprints: Sequence[str], target_ssim: float,
+              top_agreement: float | None = None, progress: bool = False) -> Calibration:
+    """The fastest candidate whose worst image meets the targets, confirmed by running it.
+    `explainer(**approximate settings)` makes an Explainer of the model and exact settings being
+    calibrated; images are model inputs of one size."""
+    check_target(target_ssim, "the target SSIM")
+    if top_agreement is not None:
+        check_target(top_agreement, "the target top-region agreement")
+    if not images:
+        raise SettingsError("no calibration images to calibrate on")
+    found = candidates()
+    thresholds = sorted({c.threshold for c in found}, reverse=True)
+    exact = explainer()
+    runs = {t: explainer(approx_threshold=t) if t < 1 else exact for t in thresholds}
+    coarse: dict[tuple[float, int], Explainer] = {}  # coarse passes on grids that are not fine positions
+    rows: dict[Candidate, list[tuple[float, float, float]]] = {c: [] for c in found}
+    references: list[Explanation] = []
+    with tqdm(total=len(images) * (1 + len(thresholds)), desc="calibrating", unit="run", disable=not progress) as bar:
+        for image in images:
+            reference = exact.explain(image)
+            references.append(reference)
+            bar.update()
+            grid = reference.grid
+            for threshold in thresholds:
+                fine = runs[threshold].explain(image, reference.target)
+                bar.update()
+                coarse_runs: dict[int, Explanation | None] = {}
+                for candidate in (c for c in found if c.threshold == threshold):
+                    multiple = candidate.coarse_multiple
+                    if candidate.drill_down < 1 and multiple not in coarse_runs:
+                        coarse_grid = fine.grid.with_stride(candidate.coarse_stride(grid.stride))  # type: ignore[arg-type]
+                        nested = drilldown.nested(fine.grid, coarse_grid)
+                        if not nested and (threshold, multiple) not in coarse:
+                            coarse[(threshold, multiple)] = explainer(approx_threshold=threshold, stride=coarse_grid.stride)
+                        coarse_runs[multiple] = None if nested else coarse[(threshold, multiple)].explain(image, reference.target)
+                    rows[candidate].append(_replays(fine, coarse_runs.get(multiple), candidate, fine.grid, reference.heatmap))
+    trials = [Trial(c, tuple(r[0] for r in v), tuple(r[1] for r in v), sum(r[2] for r in v) / len(v)) for c, v in rows.items()]
+    best = choose(trials, target_ssim, top_agreement)
+    winner = best.candidate
+    stride = winner.coarse_stride(references[0].grid.stride)
+    chosen = explainer(approx_threshold=winner.threshold, drill_down=winner.drill_down, coarse_stride=stride)
+    ssim, top, seconds = [], [], []
+    for image, reference in zip(images, references, strict=True):  # the winner run for real: its quality and time
+        result = chosen.explain(image, reference.target)
+        quality = compare(result.heatmap, reference.heatmap)
+        ssim.append(quality.ssim)
+        top.append(quality.top_agreement)
+        seconds.append(result.timings["total_s"])
+    calibration = Calibration(
+        target_ssim=target_ssim, top_agreement=top_agreement, approx_threshold=winner.threshold, drill_down=winner.drill_down,
+        coarse_stride=list(stride) if stride else None, ssim_min=min(ssim), ssim_mean=sum(ssim) / len(ssim), top_min=min(top),
+        top_mean=sum(top) / len(top), speedup=sum(r.timings["total_s"] for r in references) / sum(seconds), candidates=len(found), images=len(images),
+        fingerprints=list(fingerprints),
+    )
+    return calibration
+
+
+def pixels_sha256(image: torch.Tensor) -> str:
+    """The fingerprint of a calibration image: its pixels as explained (float32, C-contiguous)."""
+    import hashlib
+
+    return hashlib.sha256(image.detach().to(torch.float32).cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def find_calibrated(db: Database | None, program_graph: Any, grid: OcclusionGrid, device: DeviceFingerprint, backend: str,
+                    target_ssim: float) -> PlanDocument:
+    """The stored plan calibrated for this model structure, settings and device class whose target is
+    at least as strict as `target_ssim` (the fastest of those); else one line saying what to run."""
+    fix = (f"calibrate one with `hyinf plan MODEL --target-ssim {target_ssim:g} --calibration-images DIR` "
+           f"(patch {'x'.join(map(str, grid.patch))}, stride {'x'.join(map(str, grid.stride))})")
+    if db is None:
+        raise SettingsError(f"--target-ssim needs a calibrated plan and there is no plans database; {fix}")
+    wanted = settings_of(grid, backend)
+    found: list[PlanDocument] = []
+    for body in db.plan_bodies(graph_fingerprint(program_graph), device.device_class):
+        try:
+            document = PlanDocument.parse(json.dumps(body), "a stored plan")
+        except Exception:  # noqa: BLE001  an invalid stored plan is not a candidate; `hyinf plans list` shows it
+            continue
+        calibration = document.calibration
+        if calibration is None:
+            continue
+        base = {k: v for k, v in document.settings.items() if k not in ("approx_threshold", "target_ssim")}
+        if {**base, "backend": backend} == wanted:
+            found.append(document)
+    strict = [d for d in found if d.calibration.target_ssim >= target_ssim]  # type: ignore[union-attr]
+    if strict:
+        return max(strict, key=lambda d: d.calibration.speedup)  # type: ignore[union-attr]
+    if found:
+        laxest = max(d.calibration.target_ssim for d in found)  # type: ignore[union-attr]
+        raise SettingsError(f"the stored calibrations of this model reach SSIM {laxest:g} at most, laxer than the {target_ssim:g} "
+                            f"asked for; {fix}")
+    raise SettingsError(f"no calibrated plan is stored for this model, these settings and this device class; {fix}")
+
