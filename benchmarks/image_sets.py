@@ -8,7 +8,8 @@ demo's own 128/16/8), every way runs as a fresh process, and the ways alternate 
 (the order rotates per round). The API ways time the loop alone (the Explainer, images loaded);
 the CLI and Ray ways the whole process, from start to the last file. Ray runs with a cluster started
 for the run (2 workers of 1 thread and 1 worker of 2 threads) and on a cluster already running
-(`ray start --head --port 6390`: 6379, its default, is often Redis; 2 workers of 1 thread), so the cluster's start is seen apart. Memory is the
+(`ray start --head --port 6390`: 6379, its default, is often Redis; 2 workers of 1 thread), so the
+cluster's start is seen apart. Memory is the
 machine's peak use above its use before the run (MemTotal - MemAvailable, sampled every 50 ms), so
 Ray's worker processes count. Every run is checked: all images explained, heatmaps equal to the
 CLI run's (1e-4 of the score scale).
@@ -130,7 +131,8 @@ def main() -> None:
              "Seconds and images/s: medians (range); memory: the machine's peak use above its use before the run, GiB. "
              "loop and batch time the Explainer's calls alone; cli and ray the whole process. "
              "Ray overhead: ray seconds over cli seconds - 1.", "",
-             "| model | images | rounds | way | seconds | images/s | peak memory GiB | over cli |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+             "| model | images | rounds | way | seconds | images/s | peak memory GiB | over cli |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
     for entry in args.sets:
         model, count, size, rounds = entry.rsplit(":", 3)
         with tempfile.TemporaryDirectory() as tmp:
@@ -140,8 +142,8 @@ def main() -> None:
             runs: dict[str, list[dict]] = {way: [] for way in args.ways}
             running = any("running" in way for way in args.ways)
             if running:
-                subprocess.run([RAY, "start", "--head", "--port", "6390", "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
-                               check=True, capture_output=True)
+                subprocess.run([RAY, "start", "--head", "--port", "6390", "--num-cpus", "2", "--include-dashboard=false",
+                                "--disable-usage-stats"], check=True, capture_output=True)
             try:
                 for round_ in range(int(rounds)):
                     order = args.ways[round_ % len(args.ways):] + args.ways[: round_ % len(args.ways)]

@@ -10,6 +10,7 @@ import warnings
 from datetime import timedelta
 
 import numpy as np
+import pytest
 import onnx
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -233,3 +234,46 @@ def test_structurally_mutated_onnx_gives_model_errors_only(proto) -> None:
         return
     with torch.no_grad():
         imported.module(torch.rand(imported.input_shape))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_a_targets_csv_is_read_or_refused_in_one_line(tmp_path_factory, data: bytes) -> None:
+    """Any bytes as a --targets file: targets for named images, or an InputError; never another exception."""
+    from hyinf.errors import InputError
+    from hyinf.imageset.inputs import Item, read_targets
+
+    path = tmp_path_factory.mktemp("targets") / "t.csv"
+    path.write_bytes(b"image,target\n" + data if data[:1] == b"a" else data)
+    items = [Item(path, "a.png"), Item(path, "b/c.png")]
+    try:
+        targets, notes = read_targets(path, items)
+    except InputError as e:
+        assert "\n" not in str(e)
+        return
+    assert set(targets) <= {"a.png", "b/c.png"} and all(isinstance(t, int) and t >= 0 for t in targets.values())
+
+
+calibration_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.floats(allow_nan=True), st.text(max_size=5),
+                               st.lists(st.integers(-2, 70000), max_size=3))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["target_ssim", "top_agreement", "approx_threshold", "drill_down", "coarse_stride", "ssim_min",
+                                        "ssim_mean", "top_min", "top_mean", "speedup", "candidates", "images", "fingerprints", "extra"]),
+                       calibration_values, max_size=14))
+def test_a_crafted_calibration_is_refused_as_a_malformed_plan(demo_plan_body, fields: dict) -> None:
+    body = {**demo_plan_body, "calibration": fields, "settings": {**demo_plan_body["settings"], "target_ssim": fields.get("target_ssim")}}
+    try:
+        PlanDocument.parse(json.dumps(body))
+    except PlanError as e:
+        assert "\n" not in str(e)
+
+
+@pytest.fixture(scope="module")
+def demo_plan_body() -> dict:
+    from hyinf.demo import load_demo
+    from hyinf.profiler.machine import fingerprint
+
+    graph = trace_torch(load_demo(), (1, 3, 64, 64)).graph
+    return dict(make_plan(graph, OcclusionGrid.make((64, 64), 8, 4), fingerprint(torch.device("cpu")), model_name="demo", db=None).body)

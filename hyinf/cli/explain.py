@@ -91,11 +91,14 @@ def explain(model: str, images: tuple[str, ...], target: int | None, targets_fil
     hyinf explain torchvision:resnet18 val/ --out audit --ray
     """
     laps = Laps()
-    from hyinf.explain import check_work, resolve_device
     from hyinf.graph.geometry import OcclusionGrid
     from hyinf.graph.sources import is_onnx
     from hyinf.imageset.worker import JobSpec, Worker, file_sha256
 
+    if ray_address is None:  # on Ray the actors load torch and the model; this process starts the cluster meanwhile
+        from hyinf.explain import check_work, resolve_device
+
+        resolve_device(device)  # an accelerator that is not there is refused before anything else
     laps.lap("imports_s")  # the engine's modules load here, not for `hyinf --help`
     # Everything that can be checked without the model is, before the model is loaded.
     finite(patch_value, "--patch-value")
@@ -105,7 +108,6 @@ def explain(model: str, images: tuple[str, ...], target: int | None, targets_fil
     finite(max_memory, "--max-memory")
     if max_memory is not None and max_memory <= 0:
         raise click.BadParameter(f"must be a positive number of GiB, got {max_memory}", param_hint="--max-memory")
-    resolve_device(device)
     if target_ssim is not None:
         from hyinf.planner.quality_target import check_target
 
