@@ -58,6 +58,8 @@ class Explanation:
     approximation: Approximation | None = None  # None: exact
     plan_source: str | None = None  # where the plan came from: given, local, registry or planned (None: no plan)
     calibration: Calibration | None = None  # the stored calibration a quality target chose the settings by
+    backend: str = "torch"  # the backend that ran
+    backend_reason: str | None = None  # why, where backend `auto` chose it
 
 
 @dataclass(frozen=True)

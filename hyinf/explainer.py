@@ -41,7 +41,7 @@ from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.sources import is_onnx
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.kept import Kept
-from hyinf.modes import BACKENDS, MODES, OUTPUTS
+from hyinf.modes import BACKEND_CHOICES, MODES, OUTPUTS
 from hyinf.planner.document import PlanDocument
 from hyinf.planner.plan import Plan
 from hyinf.planner.quality_target import Calibration, check_target
@@ -135,8 +135,8 @@ class Explainer:
             raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if output not in OUTPUTS:
             raise SettingsError(f"output must be 'raw' or 'softmax', got {output!r}")
-        if backend not in BACKENDS:
-            raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend not in BACKEND_CHOICES:
+            raise SettingsError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
         if not (is_onnx(model) or isinstance(model, nn.Module)):
             raise SettingsError(f"model must be a torch.nn.Module, an onnx.ModelProto or an .onnx path, got {type(model).__name__}")
         check_limits(max_memory, batch_size)
@@ -154,6 +154,8 @@ class Explainer:
         self.check_exact, self.progress, self.target_ssim = check_exact, progress, target_ssim
         self.calibration: Calibration | None = None  # set on the Explainers a target chose settings for
         self._calibrated: dict[tuple[int, ...], Explainer] = {}
+        self.backend_reason: str | None = None  # why `auto` chose this Explainer's backend
+        self._backends: dict[tuple[int, ...], Explainer] = {}  # backend auto: the Explainer each image size runs on
         self._programs: ModelCache[TorchProgram] = ModelCache(2)  # by image shape: tracing vgg16 took 0.75-1.9 s
         self._engines: Kept[BlockedEngine] = Kept(4)  # a drill-down uses two: its coarse and its fine grid
         self._ort: ModelCache[OrtEngine] = ModelCache(4)
@@ -205,12 +207,9 @@ class Explainer:
             return []
         batches = [as_batch(image).to(self.device) for image in images]
         if self.target_ssim is not None:  # each size's calibrated settings, found once
-            runners = [self._for_target(batch) for batch in batches]
-            found: dict[int, Explanation] = {}
-            for runner in {id(r): r for r in runners}.values():
-                members = [i for i, r in enumerate(runners) if r is runner]
-                found.update(zip(members, runner.explain_batch([images[i] for i in members], [wanted[i] for i in members]), strict=True))
-            return [found[i] for i in range(len(images))]
+            return self._delegate(images, wanted, [self._for_target(batch) for batch in batches])
+        if self.backend == "auto":  # each size's backend, chosen once
+            return self._delegate(images, wanted, [self._for_backend(batch) for batch in batches])
         if self.mode == "naive" or self.backend == "ort" or self.drill_down < 1:
             # One image per pass: ORT sessions are built for one image, and a drill-down's fine positions differ per image.
             return [self._one(image, target) for image, target in zip(images, wanted, strict=True)]
@@ -229,6 +228,43 @@ class Explainer:
                 for i, result in zip(chosen, done, strict=True):
                     results[i] = result
         return [r for r in results if r is not None]
+
+    @staticmethod
+    def _delegate(images: list[torch.Tensor], targets: list[int | None], runners: list[Explainer]) -> list[Explanation]:
+        """Each image explained by its runner (an Explainer with settings chosen for its size), in order."""
+        found: dict[int, Explanation] = {}
+        for runner in {id(r): r for r in runners}.values():
+            members = [i for i, r in enumerate(runners) if r is runner]
+            found.update(zip(members, runner.explain_batch([images[i] for i in members], [targets[i] for i in members]), strict=True))
+        return [found[i] for i in range(len(images))]
+
+    def _for_backend(self, batch: torch.Tensor) -> Explainer:
+        """This Explainer on the backend `auto` picks for images of this size: the choice `hyinf plan --backend
+        auto` stored, else the backend whose cost model predicts its best plan faster; torch for naive
+        re-inference (no plan to compare) and where ONNX Runtime cannot run on the device."""
+        shape = tuple(batch.shape)
+        if shape not in self._backends:
+            from hyinf.planner.select import BackendChoice, choose_backend, stored_backend_choice
+            from hyinf.plans_db import Database
+            from hyinf.plans_db.location import existing_database
+            from hyinf.profiler.machine import fingerprint
+
+            if self.mode == "naive":
+                choice = BackendChoice("torch", {}, "torch: naive re-inference has no plan whose costs the backends could compare")
+            elif self.device.type == "cuda" and not _ort_cuda():
+                choice = BackendChoice("torch", {}, "torch: ONNX Runtime has no CUDA provider here (pip install onnxruntime-gpu)")
+            else:
+                model, identity, _ = self._resolve(batch)
+                graph, grid, fp = self._traced(model, identity, shape).graph, self._grid(batch), fingerprint(self.device)
+                url = existing_database(self.db)
+                with contextlib.ExitStack() as stack:
+                    db = stack.enter_context(Database(url)) if url is not None else None
+                    stored = stored_backend_choice(graph, grid, fp, db) if self.mode == "hybrid" else None
+                    choice = stored or choose_backend(graph, grid, fp, db, ALTERNATIVES[self.mode])
+            runner = copy.copy(self)
+            runner.backend, runner.backend_reason = choice.backend, choice.reason
+            self._backends[shape] = runner
+        return self._backends[shape]
 
     def _for_target(self, batch: torch.Tensor) -> Explainer:
         """This Explainer with the settings and plan of the stored calibration that meets `target_ssim`
@@ -251,6 +287,9 @@ class Explainer:
             assert found is not None
             runner = copy.copy(self)
             runner.target_ssim, runner.plan, runner.calibration = None, document, found
+            if self.backend == "auto":  # the calibration measured its speed on the backend its plan was made for
+                runner.backend = document.settings.get("backend", "torch")
+                runner.backend_reason = f"{runner.backend}: the backend of the calibrated plan for SSIM {found.target_ssim:g}"
             runner.approx_threshold, runner.drill_down = found.approx_threshold, found.drill_down
             runner.coarse_stride = tuple(found.coarse_stride) if found.coarse_stride else None  # type: ignore[assignment]
             self._calibrated[shape] = runner
@@ -368,7 +407,7 @@ class Explainer:
                 scores=row, heatmap=heatmap, attribution=attribution_from(heatmap, grid, shape), target=chosen[i],
                 base_score=base_score, grid=grid, batch_size=run.batch_size, timings=dict(share), node_modes=run.node_modes,
                 mode=run.mode if approximation is None else f"{run.mode}, {approximation.describe()}", approximation=approximation,
-                plan_source=run.plan_source, calibration=self.calibration,
+                plan_source=run.plan_source, calibration=self.calibration, backend=self.backend, backend_reason=self.backend_reason,
             )
             results.append(self._with_exact(result, batches[i]) if approximation is not None and self.check_exact else result)
         return results
@@ -477,9 +516,19 @@ class Explainer:
             scores=scores, heatmap=heatmap, attribution=attribution_from(heatmap, grid, image.shape), target=target,
             base_score=base_score, grid=grid, batch_size=fine.batch_size, timings=timings, node_modes=fine.node_modes,
             mode=fine.mode if approximation is None else f"{fine.mode}, {approximation.describe()}", approximation=approximation,
-            plan_source=fine.plan_source, calibration=self.calibration,
+            plan_source=fine.plan_source, calibration=self.calibration, backend=self.backend, backend_reason=self.backend_reason,
         )
         return self._with_exact(result, image) if approximation is not None and self.check_exact else result
+
+
+#: The plan an `auto` choice compares per mode: the best hybrid plan, or the uniform plan the mode runs.
+ALTERNATIVES = {"hybrid": "plan", "incremental": "all-incremental", "full": "all-full"}
+
+
+def _ort_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def _ort_engine(engine: BlockedEngine, identity: nn.Module | str) -> OrtEngine:

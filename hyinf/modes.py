@@ -3,3 +3,4 @@
 MODES = ("hybrid", "incremental", "full", "naive")
 OUTPUTS = ("raw", "softmax")
 BACKENDS = ("torch", "ort")
+BACKEND_CHOICES = (*BACKENDS, "auto")  # auto: the backend the cost models predict faster (`hyinf.planner.select.choose_backend`)

@@ -18,7 +18,7 @@ from hyinf.cli.common import (
     user_errors,
     writable_folder,
 )
-from hyinf.modes import BACKENDS, MODES, OUTPUTS
+from hyinf.modes import BACKEND_CHOICES, MODES, OUTPUTS
 from hyinf.paths import check_readable_file
 
 RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
@@ -38,8 +38,9 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--output", "score", type=click.Choice(OUTPUTS), default="raw", show_default=True, help="Score raw outputs or softmax probabilities.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-              help="torch: PyTorch; ort: ONNX Runtime (the plan lowered to one ONNX graph, built once per model and settings).")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
+              help="torch: PyTorch; ort: ONNX Runtime (the plan lowered to one ONNX graph, built once per model and settings); "
+                   "auto: the one `hyinf plan --backend auto` chose, else the one the cost models predict faster.")
 @click.option("--image-size", nargs=2, type=click.IntRange(min=1), help="Resize the image to H W (default: the model's usual size).")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,
               help="Normalise pixels as the model expects (ImageNet mean and std for torchvision models).")

@@ -17,6 +17,7 @@ from hyinf.cli.common import (
     user_errors,
     writable_file,
 )
+from hyinf.modes import BACKEND_CHOICES
 from hyinf.paths import check_readable_file
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
 @click.option("--approx-threshold", "threshold", type=float, default=1.0, show_default=True,
               help="Plan for runs with this projective-field threshold (windows cut to TAU of each map's side; 1 = exact).")
 @click.option("--profile", "cost_model_id", type=int, help="Plan with this stored cost model (`hyinf db info` lists them).")
-@click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
-              help="Plan for this backend's costs (ort without its own profile plans with the torch profile).")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
+              help="Plan for this backend's costs (ort without its own profile plans with torch's); auto: plan for both "
+                   "and keep the one predicted faster, with both predictions.")
 @click.option("--strategy", type=click.Choice(["optimal", "heuristic"]), default="optimal", show_default=True,
               help="optimal: minimum cut over the whole graph; heuristic: one switch from incremental to full.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Local state dict for torchvision:NAME (the plan does not depend on it).")
@@ -70,6 +72,8 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
     from hyinf.profiler.machine import fingerprint
 
     dev = resolve_device(device)
+    if backend == "auto" and cost_model_id is not None:
+        raise click.UsageError("--profile names one backend's cost model; --backend auto compares each backend's own: leave out one")
     writable_file(output)
     service = publishing_registry(publish, registry)
     _check_calibration_options(target_ssim, calibration_images, top_agreement, threshold)
@@ -100,6 +104,8 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
                f"stride {'x'.join(map(str, grid.stride))}) on {fp.description}, "
                f"{strategy}, {source['kind']} cost model{' ' + str(source['id']) if source['id'] else ''}, planned in {seconds:.2f} s")
     click.echo("predicted: " + ", ".join(f"{k} {v:.2f} s" for k, v in predicted.items()))
+    if "backend_choice" in document.body:
+        click.echo(f"backend {document.body['backend_choice']['reason']}")
     if calibration is not None:
         click.echo(f"calibrated for SSIM {calibration.target_ssim:g} on {calibration.images} images ({calibration.candidates} candidates): "
                    f"threshold {calibration.approx_threshold:g}, drill-down {calibration.drill_down:g}"

@@ -19,7 +19,8 @@ from hyinf.cli.common import (
 
 @main.command()
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True, help="Runtime backend to profile.")
+@click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
+              help="Runtime backend to profile: ort times the ONNX Runtime lowering's kernels (each backend plans with its own costs).")
 @click.option("--model", "model_specs", multiple=True, help="Also time this model's layers (repeatable): demo, torchvision:NAME, an .onnx, .pt2 or TorchScript file.")
 @click.option("--image-size", nargs=2, type=click.IntRange(min=1), help="Image size H W for --model (default: the model's usual size).")
 @click.option("--patch", default="16", show_default=True, callback=pair_option, help="Patch size for --model: N or HxW.")
@@ -44,6 +45,7 @@ def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size:
     """
     from tqdm import tqdm
 
+    from hyinf.errors import SettingsError
     from hyinf.explain import resolve_device
     from hyinf.graph.geometry import OcclusionGrid
     from hyinf.graph.torch_frontend import trace_torch
@@ -53,6 +55,8 @@ def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size:
     from hyinf.profiler.profile import profile as run_profile
 
     dev = resolve_device(device)
+    if backend == "ort" and model_specs:  # checked before any model loads
+        raise SettingsError("--model times layers on the torch backend only; profile ort without --model")
     service = publishing_registry(publish, registry)
     db = Database(db_url)
     targets = []
@@ -66,7 +70,7 @@ def profile(device: str, backend: str, model_specs: tuple[str, ...], image_size:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = run_profile(db, dev, quick=quick, threads=threads, models=targets, configs=configs, progress=progress)
+        report = run_profile(db, dev, quick=quick, backend=backend, threads=threads, models=targets, configs=configs, progress=progress)
     fit = report.fit
     click.echo(f"device: {report.device.description}; {report.threads} threads; backend {backend}")
     click.echo(f"measured {report.samples} costs in {report.seconds:.0f} s (run {report.run_id})")

@@ -161,7 +161,7 @@ class Worker:
             "image_sha256": sha,
             "image_size": list(self.size),
             "settings": {"patch": list(result.grid.patch), "stride": list(result.grid.stride), "patch_value": self.spec.patch_value,
-                         "patch_space": self.spec.patch_space, "output": s.output, "device": str(s.device), "backend": s.backend,
+                         "patch_space": self.spec.patch_space, "output": s.output, "device": str(s.device), "backend": result.backend,
                          "batch_size": result.batch_size},
             "target_given": target,
             "target": result.target,
@@ -174,6 +174,8 @@ class Worker:
             "node_modes": result.node_modes,
             "run": self.run,
         }
+        if result.backend_reason is not None:  # backend auto: why this one
+            report["backend_choice"] = {"asked": s.backend, "reason": result.backend_reason}
         if result.calibration is not None:  # the target, the settings it chose, and their worst calibration quality
             report["calibration"] = result.calibration.to_json()
         approx = result.approximation

@@ -255,6 +255,12 @@ def _check_shape(body: dict[str, Any]) -> None:
             raise ValueError("settings.target_ssim and approx_threshold must be the calibration's")
     elif "target_ssim" in body["settings"]:
         raise ValueError("settings.target_ssim needs a calibration")
+    if "backend_choice" in body:
+        choice = body["backend_choice"]
+        if choice.get("backend") != body["settings"].get("backend", "torch") or not isinstance(choice.get("reason"), str):
+            raise ValueError("backend_choice must name the plan's backend and give a reason")
+        if not isinstance(choice["predicted_s"], dict) or not all(_number(v) for v in choice["predicted_s"].values()):
+            raise ValueError("backend_choice.predicted_s must map backends to seconds")
     device = body["device"]
     for key, field in DeviceFingerprint.__dataclass_fields__.items():
         kind = int if field.type in (int, "int") else str

@@ -13,6 +13,7 @@ from hyinf.errors import PlanError, PlanWarning
 from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.ir import Graph
+from hyinf.modes import BACKENDS
 from hyinf.planner.blocks import plan_grid
 from hyinf.planner.document import PlanDocument, settings_key, settings_of
 from hyinf.planner.plan import Plan
@@ -37,10 +38,17 @@ Fetch = Callable[[str, dict[str, Any], DeviceFingerprint], "tuple[PlanDocument, 
 
 def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, model_name: str, db: Database | None,
               strategy: str = "optimal", cost_model_id: int | None = None, backend: str = "torch") -> PlanDocument:
-    """Plan every block of `grid` under this device's cost model (analytic when it was never profiled)."""
+    """Plan every block of `grid` under this device's cost model for `backend` (analytic when it was never
+    profiled). Backend `auto` plans for the backend `choose_backend` picks and records the choice."""
+    choice = None
+    if backend == "auto":
+        choice = choose_backend(graph, grid, device, db, strategy=strategy)
+        backend = choice.backend
     model, info = device_costs(db, device, backend, cost_model_id)
     blocks = plan_grid(graph, grid, model, strategy)
-    return PlanDocument.make(graph, grid, blocks, model_name=model_name, device=device, cost_model=info, strategy=strategy, backend=backend)
+    document = PlanDocument.make(graph, grid, blocks, model_name=model_name, device=device, cost_model=info,
+                                 strategy=strategy, backend=backend)
+    return document if choice is None else PlanDocument({**document.body, "backend_choice": choice.to_json()})
 
 
 def choose_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, given: PlanDocument | None, db: Database | None,
@@ -70,3 +78,54 @@ def choose_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *,
     kind = document.body["cost_model"]
     source = f"planned now ({kind['kind']} cost model{' ' + str(kind['id']) if kind['id'] else ''})"
     return ChosenPlan(document.bind(graph, grid, device, backend), source, document)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend an `auto` run uses, each backend's predicted seconds for one image's positions, and why."""
+
+    backend: str
+    predicted_s: dict[str, float]
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "predicted_s": self.predicted_s, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> BackendChoice:
+        return cls(str(body["backend"]), {str(k): float(v) for k, v in body["predicted_s"].items()}, str(body["reason"]))
+
+
+def choose_backend(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, db: Database | None,
+                   alternative: str = "plan", strategy: str = "optimal") -> BackendChoice:
+    """The backend whose `alternative` (its best plan, or all-incremental or all-full) its own cost model
+    predicts faster for `grid`'s positions; torch where the two cannot be compared (a backend never
+    profiled on this device has no costs of its own)."""
+    models = {backend: device_costs(db, device, backend, fallback=False) for backend in BACKENDS}
+    missing = [backend for backend, (_, info) in models.items() if info["kind"] != "learned"]
+    if missing:
+        commands = " and ".join("`hyinf profile" + ("" if b == "torch" else f" --backend {b}") + "`" for b in missing)
+        return BackendChoice("torch", {}, f"torch: {' and '.join(missing)} never profiled on this device, so the backends "
+                                          f"cannot be compared ({commands} {'measures it' if len(missing) == 1 else 'measure them'})")
+    predicted = {backend: sum(b.predicted[alternative] for b in plan_grid(graph, grid, model, strategy))
+                 for backend, (model, _) in models.items()}
+    best = min(predicted, key=lambda b: predicted[b])
+    other = next(b for b in predicted if b != best)
+    what = "best plan" if alternative == "plan" else f"{alternative} plan"
+    ratio = predicted[other] / max(predicted[best], 1e-12)
+    return BackendChoice(best, predicted, f"{best}: its {what} is predicted {ratio:.2f}x as fast as {other}'s "
+                                          f"({predicted[best]:.2f} s against {predicted[other]:.2f} s for one image's positions)")
+
+
+def stored_backend_choice(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, db: Database | None) -> BackendChoice | None:
+    """The choice `hyinf plan --backend auto` stored with its plan for this structure, settings and device."""
+    if db is None:
+        return None
+    for backend in BACKENDS:
+        row = db.find_plan(graph_fingerprint(graph), settings_key(settings_of(grid, backend)), device.key)
+        if row is not None and isinstance(row.body, dict) and "backend_choice" in row.body:
+            try:
+                return BackendChoice.from_json(PlanDocument.parse(json.dumps(row.body), f"stored plan {row.id}").body["backend_choice"])
+            except PlanError:
+                continue  # choose_plan says what is wrong with it when the plan is used
+    return None

@@ -13,6 +13,7 @@ import torch
 from hyinf.errors import SettingsError
 from hyinf.graph.geometry import OcclusionGrid, position_blocks
 from hyinf.kept import Kept
+from hyinf.modes import BACKENDS
 from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, CostModel, LearnedCosts
 from hyinf.profiler.fitting import FitReport, evaluate, fit
 from hyinf.profiler.machine import DeviceFingerprint, fingerprint
@@ -58,17 +59,23 @@ def profile(
     device: torch.device,
     *,
     quick: bool = False,
+    backend: str = "torch",
     threads: int | None = None,
     models: Sequence[ModelTarget] = (),
     configs: int | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> ProfileReport:
-    """Sweep (and time each model's layers), store everything in `db`, refit the device's cost model.
+    """Sweep (and time each model's layers) on `backend`, store everything in `db`, refit the device's
+    cost model for that backend.
 
     The fit uses every finished run of this device and backend in the database, so repeated
     profiles accumulate measurements. `progress(done, total)` is called after each configuration.
     """
+    if backend not in BACKENDS:
+        raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "ort" and models:  # ORT fuses a model's layers across nodes: their kernel times cannot be told apart
+        raise SettingsError("--model times layers on the torch backend only; profile ort without --model")
     start = time.perf_counter()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -81,11 +88,11 @@ def profile(
     settings["models"] = [
         {"name": m.name, "image_size": list(m.grid.image_size), "patch": list(m.grid.patch), "stride": list(m.grid.stride)} for m in models
     ]
-    run_id = db.start_run(device_id, "torch", threads, quick, settings)
+    run_id = db.start_run(device_id, backend, threads, quick, settings)
     total = len(chosen) + len(models)
     measured: list[Sample] = []
     pending: list[Sample] = []
-    for done, samples in enumerate(run_sweep(chosen, device, repeats), 1):
+    for done, samples in enumerate(run_sweep(chosen, device, repeats, backend=backend), 1):
         pending += samples
         if done % STORE_EVERY == 0 or done == len(chosen):
             db.add_samples(run_id, pending)
@@ -100,16 +107,18 @@ def profile(
         measured += samples
         progress(done, total)
     db.finish_run(run_id)
-    run_ids, everything = db.samples(device_id, "torch")
+    run_ids, everything = db.samples(device_id, backend)
     report = evaluate(everything, seed)
-    model_id = db.save_cost_model(device_id, "torch", FORMAT_VERSION, run_ids, fit(everything, seed).to_body(), report.to_json())
+    model_id = db.save_cost_model(device_id, backend, FORMAT_VERSION, run_ids, fit(everything, seed).to_body(), report.to_json())
     noisy = sum(s.timing.noisy for s in measured)
     return ProfileReport(fp, threads, len(measured), noisy, time.perf_counter() - start, run_id, model_id, report)
 
 
-def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "torch", model_id: int | None = None) -> tuple[CostModel, dict[str, Any]]:
+def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "torch", model_id: int | None = None,
+                 fallback: bool = True) -> tuple[CostModel, dict[str, Any]]:
     """The cost model to plan with, and what it is: stored model `model_id`, else the newest fitted for this
-    device and backend, else the analytic model with default constants, so planning always works.
+    device and backend (with `fallback`, torch's where ort has none), else the analytic model with default
+    constants, so planning always works.
     A stored model made for other features is skipped, never misread. The same stored model gives the
     same object, decoded once per process, so plans made with it can be kept (`plan_grid`)."""
     if db is not None:
@@ -120,7 +129,7 @@ def device_costs(db: Database | None, fp: DeviceFingerprint, backend: str = "tor
             return model, {"kind": "learned", "id": ref.id}
         if model_id is not None:
             raise SettingsError(f"cost model {model_id} was made by another hyinf version; run `hyinf profile` again")
-        if backend != "torch":  # never profiled on this backend: the torch costs rank modes alike far better than defaults
+        if backend != "torch" and fallback:  # never profiled on this backend: the torch costs rank modes alike far better than defaults
             return device_costs(db, fp, "torch")
     return _default_costs(fp.kind), {"kind": "analytic", "id": None}
 

@@ -3,7 +3,8 @@ program and timed through the runtime's real incremental and full paths."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,13 +107,19 @@ def sample_configs(count: int, seed: int = 0) -> list[OpConfig]:
     return out
 
 
-def run_sweep(configs: list[OpConfig], device: torch.device, repeats: int, warmup: int = 1) -> Iterator[list[Sample]]:
-    """Measure each configuration in turn (yielding its samples, so callers can store and show progress)."""
-    watch = Stopwatch(device)
+def run_sweep(configs: list[OpConfig], device: torch.device, repeats: int, warmup: int = 1,
+              backend: str = "torch") -> Iterator[list[Sample]]:
+    """Measure each configuration on `backend` in turn (yielding its samples, so callers can store and show progress)."""
+    if backend == "ort":
+        from hyinf.profiler.ort_measure import measure_ort
+
+        measure: Callable[..., list[Sample]] = measure_ort
+    else:
+        measure = functools.partial(measure_program, watch=Stopwatch(device))
     for config in configs:
         torch.manual_seed(0)
         size = (config.size, config.size)
         program = trace_torch(nn.Sequential(config.module()).eval(), (1, config.channels_in, *size), device)
         step = max(1, (config.size - config.patch) // 16)  # a coarse grid: only the window sizes matter
         grid = OcclusionGrid.make(size, config.patch, step)
-        yield measure_program(program, grid, positions=config.positions, repeats=repeats, warmup=warmup, source="sweep", config=config.id, watch=watch)
+        yield measure(program, grid, positions=config.positions, repeats=repeats, warmup=warmup, source="sweep", config=config.id)

@@ -94,7 +94,7 @@ def run_sizes(block_sizes: list[int], chunk: int) -> tuple[int, list[int]]:
     return runs, sizes
 
 
-class _Recorder:
+class Recorder:
     """A clean image that notes which of its values a chunk reads: they become the graph's inputs."""
 
     def __init__(self, clean: CleanImage) -> None:
@@ -135,7 +135,7 @@ def clean_value(clean: CleanImage, key: Key) -> torch.Tensor:
     return clean.base[key[1]] if key[0] == "base" else clean.rows(*key[1:])
 
 
-class _Given:
+class Given:
     """A clean image whose values are the exported graph's inputs."""
 
     memory: set[int] = set()
@@ -158,7 +158,7 @@ class _Given:
 MERGE_SOURCE_RATIO = 4
 
 
-class _TracedRun(ImageRun):
+class TracedRun(ImageRun):
     """An engine run as it is exported: never in place (values are graph tensors, not buffers)."""
 
     def _kernel(self, node: Node, args: list[torch.Tensor]) -> torch.Tensor:
@@ -193,10 +193,10 @@ class _Chunk(nn.Module):
 
     def forward(self, fill: torch.Tensor, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         count = len(self.blocked.engines)
-        clean = _Given(dict(zip(self.keys, args[count:])))
+        clean = Given(dict(zip(self.keys, args[count:])))
         outs = []
         for engine, idx in zip(self.blocked.engines, args[:count]):
-            outs.append(_evaluate(_TracedRun(engine, clean, fill), idx, self.blocked))  # type: ignore[arg-type]
+            outs.append(_evaluate(TracedRun(engine, clean, fill), idx, self.blocked))  # type: ignore[arg-type]
         return tuple(outs)
 
 
@@ -246,14 +246,14 @@ def _row_pastes() -> Iterator[None]:
 
 def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: list[int]) -> tuple[bytes, list[Key]]:
     """The ONNX graph evaluating `sizes[b]` positions of every block b, and the clean values it reads."""
-    recorder = _Recorder(clean)
+    recorder = Recorder(clean)
     probes = [torch.zeros(size, dtype=torch.long, device=blocked.program.device) for size in sizes]
     for engine, idx in zip(blocked.engines, probes):
-        _evaluate(_TracedRun(engine, recorder, fill), idx, blocked)  # type: ignore[arg-type]
+        _evaluate(TracedRun(engine, recorder, fill), idx, blocked)  # type: ignore[arg-type]
     values = [clean_value(clean, key).clone() for key in recorder.keys]  # distinct tensors: the tracer merges repeated ones into one input
     names = ["fill", *(f"block{b}" for b in range(len(sizes))), *(f"clean{k}" for k in range(len(values)))]
     module, args, outputs = _Chunk(blocked, recorder.keys), (fill, *probes, *values), [f"out{b}" for b in range(len(sizes))]
-    return _export(module, args, names, outputs), recorder.keys
+    return export_onnx(module, args, names, outputs), recorder.keys
 
 
 def lower_tail(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> bytes:
@@ -262,11 +262,11 @@ def lower_tail(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor) ->
     tail = blocked.dense_tail()
     cut = blocked.program.graph[tail.cut]
     probe = torch.zeros(2, *cut.shape[1:], device=blocked.program.device)  # 2, not 1: a batch axis the exporter cannot mistake for a constant
-    module = _TailModule(_TracedRun(blocked.engines[0], clean, fill), tail)
-    return _export(module, (probe,), ["cut"], ["out"], {"cut": {0: "positions"}, "out": {0: "positions"}})
+    module = _TailModule(TracedRun(blocked.engines[0], clean, fill), tail)
+    return export_onnx(module, (probe,), ["cut"], ["out"], {"cut": {0: "positions"}, "out": {0: "positions"}})
 
 
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], outputs: list[str],
+def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], outputs: list[str],
             dynamic: dict[str, dict[int, str]] | None = None) -> bytes:
     """The module traced into a serialized ONNX model."""
     buffer = io.BytesIO()
@@ -407,11 +407,7 @@ class OrtEngine:
         return {"chunk.onnx": without_positions(proto, names, values).SerializeToString(), "positions.onnx": positions}
 
     def _open(self, model: bytes) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_cpu_mem_arena = self.arena
-        return ort.InferenceSession(model, options, providers=self.providers)
+        return ort.InferenceSession(model, session_options(self.arena), providers=self.providers)
 
     def _checked(self, s: _Session, clean: CleanImage, fill: torch.Tensor,
                  runs: Iterator[list[tuple[torch.Tensor, torch.Tensor]]]) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -514,6 +510,15 @@ class OrtEngine:
         binding.bind_output("out", self.device.type, self.device.index or 0, np.float32, list(out.shape), out.data_ptr())
         s.tail.run_with_iobinding(binding, self.shrink)
         return out
+
+
+def session_options(arena: bool) -> ort.SessionOptions:
+    """The options every session of the backend (and of its profiler) runs with."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = arena
+    return options
 
 
 def _bind(binding: ort.IOBinding, name: str, value: torch.Tensor, inputs: set[str]) -> None:
