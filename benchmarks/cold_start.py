@@ -32,10 +32,21 @@ from PIL import Image
 STEPS = ("startup_s", "imports_s", "model_load_s", "image_s", "trace_s", "verify_s", "compile_s", "positions_s", "write_s")
 
 
-def one_run(spec: str, image: Path, mode: str, backend: str, run: Path) -> dict:
-    """One fresh process with the cache folder and plans database in `run`: its wall time and report."""
+def environment(run: Path, daemon: Path | None = None) -> dict[str, str]:
+    """The cache folder and plans database in `run`; the daemon socket `daemon` (None: no daemon)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(run / "cache"), "HYINF_DB": str(run / "plans.db")}
     env.pop("HYINF_CACHE_DIR", None)
+    if daemon is None:
+        env["HYINF_DAEMON"] = "0"
+    else:
+        env["HYINF_DAEMON_SOCKET"] = str(daemon)
+    return env
+
+
+def one_run(spec: str, image: Path, mode: str, backend: str, run: Path, daemon: Path | None = None) -> dict:
+    """One fresh process with the cache folder and plans database in `run` (handing its work to the
+    daemon listening at `daemon`, if given): its wall time and report."""
+    env = environment(run, daemon)
     out = Path(tempfile.mkdtemp(dir=run))
     command = [str(Path(sys.executable).parent / "hyinf"), "explain", spec, str(image), "--mode", mode, "--backend", backend,
                "--out", str(out), "--quiet"]

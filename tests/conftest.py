@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 
@@ -17,27 +16,14 @@ from hyinf.planner.plan import Mode, Plan
 pytest_plugins = ["service_support"]  # its fixtures: databases of their own, and real `hyinf serve` processes
 
 @pytest.fixture(autouse=True, scope="session")
-def _own_plans_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Hybrid runs read plans and cost models from a database: never the user's, in tests."""
-    old = os.environ.get("HYINF_DB")
-    os.environ["HYINF_DB"] = str(tmp_path_factory.mktemp("db") / "hyinf.db")
-    yield
-    if old is None:
-        os.environ.pop("HYINF_DB", None)
-    else:
-        os.environ["HYINF_DB"] = old
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _own_disk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Built artefacts go to a cache folder of the test run's own: never the user's."""
-    old = os.environ.get("HYINF_CACHE_DIR")
-    os.environ["HYINF_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("HYINF_CACHE_DIR", None)
-    else:
-        os.environ["HYINF_CACHE_DIR"] = old
+def _own_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Never the user's: the plans database hybrid runs read, the folder built artefacts are kept in,
+    and a `hyinf daemon` that `hyinf explain` would hand its work to."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYINF_DB", str(tmp_path_factory.mktemp("db") / "hyinf.db"))
+        mp.setenv("HYINF_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("HYINF_DAEMON_SOCKET", str(tmp_path_factory.mktemp("daemon") / "none.sock"))
+        yield
 
 
 #: float32 results must agree with naive re-inference to this fraction of the score scale.

@@ -157,6 +157,12 @@ def test_auto_in_the_cli_reports_the_backend_and_why(tmp_path: Path) -> None:
     assert report["backend_choice"]["asked"] == "auto" and "never profiled" in report["backend_choice"]["reason"]
     bad = CliRunner().invoke(main, ["plan", "demo", "--backend", "auto", "--profile", "1", "--db", str(tmp_path / "p.db")])
     assert bad.exit_code != 0 and "leave out one" in bad.output and "Traceback" not in bad.output
+    profiled = CliRunner().invoke(main, ["profile", "--backend", "ort", "--configs", "3", "--db", str(tmp_path / "p.db"), "--quiet"])
+    assert profiled.exit_code == 0, profiled.output
+    assert "backend ort" in profiled.output and "cost model 1 saved" in profiled.output
+    with Database(str(tmp_path / "p.db")) as db:
+        assert db.cost_model_ref(device_key=fingerprint(CPU).key, backend="ort") is not None
+        assert db.cost_model_ref(device_key=fingerprint(CPU).key, backend="torch") is None
     ort_model = CliRunner().invoke(main, ["profile", "--backend", "ort", "--model", "demo", "--db", str(tmp_path / "p.db")])
     assert ort_model.exit_code != 0 and "torch backend only" in ort_model.output and len(ort_model.output.strip().splitlines()) == 1
     with pytest.raises(SettingsError, match="backend must be one of torch, ort, auto"):

@@ -351,6 +351,10 @@ CLI: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "db info on notes": (lambda f: ["db", "info", "--db", str(f["notes_db"])], "not a SQLite database"),
     "unknown command": (lambda f: ["explian", "demo"], "No such command 'explian'"),
     "unknown option": (lambda f: ["explain", "demo", "--patchsize", "8"], "No such option"),
+    "unknown backend": (lambda f: ["explain", "demo", "--backend", "fastest"], "'fastest' is not one of 'torch', 'ort', 'auto'"),
+    "auto with one backend's cost model": (lambda f: ["plan", "demo", "--backend", "auto", "--profile", "1"], "leave out one"),
+    "ort profile with model layers": (lambda f: ["profile", "--backend", "ort", "--model", "demo"], "torch backend only"),
+    "stop a daemon that is not there": (lambda f: ["daemon", "stop"], "no hyinf daemon answers"),
 }
 
 

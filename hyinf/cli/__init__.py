@@ -18,6 +18,14 @@ class _OneLineErrors(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["explain"] and "obj" not in extra and not {"--ray", "--help"} & set(argv):
+            from hyinf.cli.common import process_age
+            from hyinf.daemon import hand_over
+
+            handed = hand_over(argv, process_age() or 0.0)  # a running `hyinf daemon` explains with everything loaded
+            if handed is not None:
+                sys.exit(handed)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.exceptions.Abort:
@@ -37,4 +45,4 @@ def main() -> None:
     """hyinf: fast, exact occlusion-based explanations of CNN predictions."""
 
 
-from hyinf.cli import db, explain, plan, profile, serve  # noqa: E402,F401  (commands register on main)
+from hyinf.cli import daemon, db, explain, plan, profile, serve  # noqa: E402,F401  (commands register on main)

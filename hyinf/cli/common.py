@@ -58,8 +58,9 @@ class Laps:
     """Named durations of a command's steps; `startup_s` is the interpreter's start to the command
     (Python, click and hyinf's CLI loading), where the system tells the process's age."""
 
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {"startup_s": process_age() or 0.0}
+    def __init__(self, startup_s: float | None = None) -> None:
+        """`startup_s`: the process's start where another process runs the command (`hyinf daemon`)."""
+        self.times: dict[str, float] = {"startup_s": startup_s if startup_s is not None else process_age() or 0.0}
         self._last = time.perf_counter()
 
     def lap(self, name: str) -> None:
