@@ -17,12 +17,14 @@ import hyinf
 from hyinf.cli import main
 from hyinf.errors import PlanError, SettingsError
 from hyinf.graph.fingerprint import graph_fingerprint
-from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.geometry import OcclusionGrid, changed_regions
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.planner.blocks import plan_grid
+from hyinf.planner.costs import folded_nodes, predict_costs
 from hyinf.planner.document import PlanDocument, settings_key
 from hyinf.planner.select import BackendChoice, choose_backend, make_plan
 from hyinf.plans_db import Database
+from hyinf.profiler.cost_model import AnalyticCosts
 from hyinf.profiler.machine import fingerprint
 from hyinf.profiler.measure import measure_program
 from hyinf.profiler.ort_measure import SCOPE, kernel_owners, kernel_times, measure_ort
@@ -54,22 +56,36 @@ def test_ort_profile_times_what_the_torch_profile_times() -> None:
 def test_kernels_the_optimizer_made_belong_to_the_nodes_they_serve() -> None:
     scopes = {f"{SCOPE}0": ("conv", "full"), f"{SCOPE}1": ("relu", "to_win")}
     nodes = [
-        helper.make_node("ReorderInput", ["x"], ["x_nchwc"], name="ReorderInput_token_3"),  # feeds the conv: the conv's
+        helper.make_node("ReorderInput", ["x"], ["x_nchwc"], name="ReorderInput_token_3"),  # layout at a graph edge: nobody's
         helper.make_node("Conv", ["x_nchwc", "w"], ["y_nchwc"], name=f"/{SCOPE}0/Conv_output_0_nchwc"),
-        helper.make_node("ReorderOutput", ["y_nchwc"], ["y"], name="ReorderOutput_token_4"),  # made from the conv: the conv's
+        helper.make_node("ReorderOutput", ["y_nchwc"], ["y"], name="ReorderOutput_token_4"),
         helper.make_node("Gather", ["y", "i"], ["z"], name=f"/{SCOPE}1/Gather"),
-        helper.make_node("Relu", ["q"], ["r"], name="out0_nchwc"),  # no scope and no scoped neighbour: nobody's
+        helper.make_node("Relu", ["z"], ["r"], name="out0_nchwc"),  # renamed after its output: its input's maker's
+        helper.make_node("Relu", ["q"], ["s"], name="out1"),  # no scope and no scoped input: nobody's
     ]
-    graph = helper.make_graph(nodes, "g", [], [])
-    owners = kernel_owners(graph, scopes)
-    assert owners == {"ReorderInput_token_3": ("conv", "full"), f"/{SCOPE}0/Conv_output_0_nchwc": ("conv", "full"),
-                      "ReorderOutput_token_4": ("conv", "full"), f"/{SCOPE}1/Gather": ("relu", "to_win")}
+    owners = kernel_owners(helper.make_graph(nodes, "g", [], []), scopes)
+    assert owners == {f"/{SCOPE}0/Conv_output_0_nchwc": ("conv", "full"), f"/{SCOPE}1/Gather": ("relu", "to_win"),
+                      "out0_nchwc": ("relu", "to_win")}
     events = [{"cat": "Session", "name": "model_run", "ts": t, "dur": 50} for t in (0, 100, 200)]
     for run in (0, 100, 200):
-        events += [{"cat": "Node", "name": f"{n}_kernel_time", "ts": run + 5 + k, "dur": 10 * (k + 1)} for k, n in enumerate(owners)]
-        events.append({"cat": "Node", "name": "out0_nchwc_kernel_time", "ts": run + 9, "dur": 1000})
+        events += [{"cat": "Node", "name": f"{n.name}_kernel_time", "ts": run + 5 + k, "dur": 10 * (k + 1)} for k, n in enumerate(nodes)]
     times = kernel_times(events, owners, warmup=1)  # the first run is discarded
-    assert times == {("conv", "full"): [pytest.approx(60e-6)] * 2, ("relu", "to_win"): [pytest.approx(40e-6)] * 2}
+    assert times == {("conv", "full"): [pytest.approx(20e-6)] * 2, ("relu", "to_win"): [pytest.approx(90e-6)] * 2}
+
+
+def test_ort_folds_batch_norm_and_activations_into_convolutions() -> None:
+    seeded(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Hardswish(), nn.MaxPool2d(2), nn.ReLU()).eval()
+    graph = trace_torch(model, (1, 3, 16, 16), CPU).graph
+    folded = {graph[name].fn for name in folded_nodes(graph, "ort")}
+    assert len(folded_nodes(graph, "ort")) == 3 and folded == {"batch_norm", "relu"}  # not hardswish, nor a ReLU after a pool
+    assert folded_nodes(graph, "torch") == frozenset()
+    grid = OcclusionGrid.make((16, 16), 4, 4)
+    regions = [changed_regions(graph, grid)]
+    costs = predict_costs(graph, regions, AnalyticCosts.default("cpu"), folded=folded_nodes(graph, "ort"))[0]
+    for name in folded_nodes(graph, "ort"):
+        assert costs.nodes[name].full == costs.nodes[name].incremental == 0 and costs.nodes[name].to_full > 0
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +117,8 @@ def test_auto_plans_for_the_backend_predicted_faster_and_records_both_prediction
     grid = OcclusionGrid.make((32, 32), 6, 4)
     with Database(profiled) as db:
         choice = choose_backend(program.graph, grid, fp, db)
-        predicted = {b: sum(p.predicted["plan"] for p in plan_grid(program.graph, grid, device_costs(db, fp, b)[0])) for b in ("torch", "ort")}
+        predicted = {b: sum(p.predicted["plan"] for p in plan_grid(program.graph, grid, device_costs(db, fp, b)[0], backend=b))
+                     for b in ("torch", "ort")}
         assert choice.predicted_s == predicted and choice.backend == min(predicted, key=lambda b: predicted[b])
         document = make_plan(program.graph, grid, fp, model_name="cnn", db=db, backend="auto")
     assert document.settings["backend"] == choice.backend and document.body["backend_choice"] == choice.to_json()

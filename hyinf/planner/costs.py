@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hyinf.graph.geometry import Change, Region
-from hyinf.graph.ir import Graph
+from hyinf.graph.ir import Graph, Op
 from hyinf.planner.plan import Mode, Plan
 from hyinf.profiler.cost_model import CostModel, Row, sample_op
 from hyinf.profiler.features import choice_nodes, node_features
@@ -38,9 +38,31 @@ class GraphCosts:
         return follows is None or (follows in self.nodes and self.choosable(follows))
 
 
-def predict_costs(graph: Graph, blocks: Sequence[dict[str, Region]], model: CostModel, positions: int = 32) -> list[GraphCosts]:
+#: Pointwise functions ONNX Runtime's CPU optimizer folds into the convolution they follow (batch norm
+#: into its weights, activations into its kernel). The cost model times operators alone (docs/ort.md),
+#: so on the ort backend these cost nothing where they follow a convolution.
+ORT_FOLDED = frozenset({"batch_norm", "relu", "relu6", "hardtanh", "hardsigmoid", "leaky_relu", "sigmoid", "tanh"})
+
+
+def folded_nodes(graph: Graph, backend: str) -> frozenset[str]:
+    """Nodes `backend` folds into a convolution: on ort, chains of ORT_FOLDED functions after a
+    convolution, each the only reader of its input."""
+    if backend != "ort":
+        return frozenset()
+    out: set[str] = set()
+    for node in graph.nodes:
+        if node.op is Op.POINTWISE and node.fn in ORT_FOLDED and len(node.inputs) == 1:
+            source = graph[node.inputs[0]]
+            if len(graph.consumers.get(source.name, ())) == 1 and (source.op is Op.CONV or source.name in out):
+                out.add(node.name)
+    return frozenset(out)
+
+
+def predict_costs(graph: Graph, blocks: Sequence[dict[str, Region]], model: CostModel, positions: int = 32,
+                  folded: frozenset[str] = frozenset()) -> list[GraphCosts]:
     """Per-position costs of every changed node under `model`, for each block's regions, assuming calls
-    of `positions` positions. All rows go to the model in one call (tree models predict in bulk)."""
+    of `positions` positions; `folded` nodes compute for free (their conversions still cost). All rows
+    go to the model in one call (tree models predict in bulk)."""
     rows: list[Row] = []
     wanted: list[list[tuple[str, tuple[str, ...]]]] = []  # per block: (node, kinds), in row order
     for regions in blocks:
@@ -67,6 +89,8 @@ def predict_costs(graph: Graph, blocks: Sequence[dict[str, Region]], model: Cost
         follow: dict[str, str] = {}
         for name, kinds in items:
             c = dict(zip(kinds, (next(seconds) for _ in kinds)))
+            if name in folded:
+                c.update((kind, 0.0) for kind in ("full", "incremental") if kind in c)
             nodes[name] = NodeCosts(c["full"], c.get("incremental"), c.get("to_full", 0.0), c.get("to_win", 0.0))
             if kinds == ("full", "incremental"):  # a global average pool: updated from its input's windows only
                 follow[name] = graph[name].inputs[0]

@@ -45,7 +45,7 @@ def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, m
         choice = choose_backend(graph, grid, device, db, strategy=strategy)
         backend = choice.backend
     model, info = device_costs(db, device, backend, cost_model_id)
-    blocks = plan_grid(graph, grid, model, strategy)
+    blocks = plan_grid(graph, grid, model, strategy, backend)
     document = PlanDocument.make(graph, grid, blocks, model_name=model_name, device=device, cost_model=info,
                                  strategy=strategy, backend=backend)
     return document if choice is None else PlanDocument({**document.body, "backend_choice": choice.to_json()})
@@ -107,7 +107,7 @@ def choose_backend(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint,
         commands = " and ".join("`hyinf profile" + ("" if b == "torch" else f" --backend {b}") + "`" for b in missing)
         return BackendChoice("torch", {}, f"torch: {' and '.join(missing)} never profiled on this device, so the backends "
                                           f"cannot be compared ({commands} {'measures it' if len(missing) == 1 else 'measure them'})")
-    predicted = {backend: sum(b.predicted[alternative] for b in plan_grid(graph, grid, model, strategy))
+    predicted = {backend: sum(b.predicted[alternative] for b in plan_grid(graph, grid, model, strategy, backend))
                  for backend, (model, _) in models.items()}
     best = min(predicted, key=lambda b: predicted[b])
     other = next(b for b in predicted if b != best)

@@ -37,6 +37,7 @@ from hyinf.runtime.ort_backend import (
 )
 from hyinf.runtime.program import TorchProgram
 
+REORDERS = frozenset({"ReorderInput", "ReorderOutput"})  # the NCHWc layout's conversions
 SCOPE = "hyinf_probe_"  # scope names: unique enough not to meet a name the exporter makes
 
 
@@ -137,9 +138,10 @@ def kernel_times(events: list[dict[str, Any]], owners: dict[str, tuple[str, str]
 
 
 def kernel_owners(graph: onnx.GraphProto, scopes: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
-    """The (node, kind) of every node of ORT's optimized graph: its scope's where the exporter named it;
-    for nodes the optimizer added (layout reorders, fused nodes named after their outputs), a reorder of
-    inputs belongs to the node that reads it, anything else to the node that made its input."""
+    """The (node, kind) of every node of ORT's optimized graph: its scope's where the exporter named it,
+    else (a node the optimizer made, named after its output) that of the node that made its input.
+    Layout reorders belong to none: a one-operator graph pays them at its edges, while in a model
+    consecutive kernels keep the blocked layout between them."""
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
@@ -147,16 +149,14 @@ def kernel_owners(graph: onnx.GraphProto, scopes: dict[str, tuple[str, str]]) ->
             consumers[name].append(node)
 
     def owner(node: onnx.NodeProto, seen: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+        if node.op_type in REORDERS:
+            return None
         for part in node.name.split("/"):
             if part in scopes:
                 return scopes[part]
         if node.name in seen:
             return None
         seen = seen | {node.name}
-        if node.op_type == "ReorderInput":
-            near = [c for out in node.output for c in consumers[out]]
-        else:
-            near = [producer[i] for i in node.input if i in producer]
-        return next((o for o in (owner(n, seen) for n in near) if o is not None), None)
+        return next((o for o in (owner(producer[i], seen) for i in node.input if i in producer) if o is not None), None)
 
     return {node.name: o for node in graph.node if (o := owner(node)) is not None}

@@ -80,7 +80,7 @@ def search(db: Database, graph: Graph, settings: dict[str, Any], device: DeviceF
     for row, dev in catalog.plans(db, fingerprint=fingerprint, settings_key=key, device_class=device.device_class):
         if row.cost_model_id == model_id and row.body.get("strategy") == strategy:
             return Found(row, dev, False)
-    blocks = plan_grid(graph, grid, model, strategy)
+    blocks = plan_grid(graph, grid, model, strategy, backend)
     document = PlanDocument.make(graph, grid, blocks, model_name="", device=device, cost_model=info, strategy=strategy, backend=backend)
     plan_id, created = db.publish_plan(fingerprint, key, device, model_id, dict(document.body), Provenance(publisher=publisher))
     found = catalog.plan(db, plan_id)
