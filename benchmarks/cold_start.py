@@ -72,17 +72,28 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, section: str) -> argparse.Namespace:
+    """The options of the fresh-process benchmarks; --write rewrites `section` of a markdown file."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--models", nargs="+", default=["torchvision:resnet18", "torchvision:vgg16", "onnx:resnet50"])
     parser.add_argument("--backends", nargs="+", default=["torch", "ort"])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--write", type=Path, help="Markdown file whose cold-start section is rewritten.")
-    args = parser.parse_args()
+    parser.add_argument("--write", type=Path, help=f"Markdown file whose {section} section is rewritten.")
+    return parser.parse_args()
+
+
+def photo(folder: Path) -> Path:
+    """A 224x224 image of noise (seed 0) in `folder`."""
+    image = folder / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(image)
+    return image
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0], "cold-start")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        image = folder / "photo.png"
-        Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(image)
+        image = photo(folder)
         specs = {m: str(export(m.split(":", 1)[1], 224, folder)) if m.startswith("onnx:") else m for m in args.models}
         runs: dict[tuple[str, str, str], list[dict]] = {}
         for _ in range(args.rounds):

@@ -11,26 +11,18 @@ Reported: wall times measured outside the processes and their seconds outside th
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from cold_start import environment, one_run, spread
+from cold_start import arguments, environment, one_run, photo, spread
 from engine_speed import machine, report
 from ort_speed import export
-from PIL import Image
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["torchvision:resnet18", "torchvision:vgg16", "onnx:resnet50"])
-    parser.add_argument("--backends", nargs="+", default=["torch", "ort"])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--write", type=Path, help="Markdown file whose daemon section is rewritten.")
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0], "daemon")
     hyinf = str(Path(sys.executable).parent / "hyinf")
     lines = [f"Machine: {machine()}; fresh client processes, {args.rounds} interleaved rounds after one warm-up request; "
              "seconds, median (range).", "",
@@ -39,8 +31,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        image = folder / "photo.png"
-        Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(image)
+        image = photo(folder)
         for model in args.models:
             spec = str(export(model.split(":", 1)[1], 224, folder)) if model.startswith("onnx:") else model
             for backend in args.backends:
