@@ -20,7 +20,7 @@ def tiny() -> nn.Module:
     [
         ({"mode": "fast"}, "mode must be one of"),
         ({"output": "logits"}, "output must be"),
-        ({"backend": "tvm"}, "backend must be one of torch, ort, got 'tvm'"),
+        ({"backend": "tvm"}, "backend must be one of torch, ort, auto, got 'tvm'"),
         ({"patch": 0}, "at least 1 pixel"),
         ({"stride": (2, 0)}, "at least 1 pixel"),
         ({"patch": (3, 3, 3)}, "(height, width) pair"),
