@@ -108,19 +108,23 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
         click.echo(f"backend {document.body['backend_choice']['reason']}")
     if calibration is not None:
         click.echo(f"calibrated for SSIM {calibration.target_ssim:g} on {calibration.images} images ({calibration.candidates} candidates): "
-                   f"threshold {calibration.approx_threshold:g}, drill-down {calibration.drill_down:g}"
-                   + (f" from stride {'x'.join(map(str, calibration.coarse_stride))}" if calibration.coarse_stride else "")
-                   + f"; SSIM worst {calibration.ssim_min:.3f}, mean {calibration.ssim_mean:.3f}; top-10% agreement worst "
-                   f"{calibration.top_min:.2f}; {calibration.speedup:.2f}x exact hybrid (measured)")
-        if calibration.speedup < 1:
-            click.echo("warning: these settings are not faster than exact evaluation on this model and machine: "
-                       "explain without --target-ssim", err=True)
+                   + _calibrated_settings(calibration))
     click.echo(f"saved in {db.url}" + (f" and {output}" if output else ""))
     if service is not None:
         from hyinf.graph.ir_json import graph_to_json
 
         published = service.publish_plan(dict(document.body), graph_to_json(program.graph))
         click.echo(f"published as plan {published['id']} to {service.url}" + ("" if published["created"] else " (it was there already)"))
+
+
+def _calibrated_settings(calibration: Calibration) -> str:
+    if calibration.drill_down == 1 and calibration.approx_threshold == 1:
+        return ("exact evaluation: no approximate setting predicted to keep the target ran faster than exact here "
+                "(explain without --target-ssim for the same result)")
+    stride = f" from stride {'x'.join(map(str, calibration.coarse_stride))}" if calibration.coarse_stride else ""
+    return (f"threshold {calibration.approx_threshold:g}, drill-down {calibration.drill_down:g}{stride}; SSIM worst "
+            f"{calibration.ssim_min:.3f}, mean {calibration.ssim_mean:.3f}, predicted for a new image {calibration.ssim_bound:.3f}; "
+            f"top-10% agreement worst {calibration.top_min:.2f}; {calibration.speedup:.2f}x exact hybrid (measured)")
 
 
 def _check_calibration_options(target_ssim: float | None, images: Path | None, top_agreement: float | None, threshold: float) -> None:
