@@ -28,9 +28,11 @@ from hyinf.planner.quality_target import Calibration
 from hyinf.profiler.machine import DeviceFingerprint
 
 FORMAT = "hyinf-plan"
-#: 2 added the optional "calibration" (hyinf/planner/quality_target.py) and settings.target_ssim beside it.
-SCHEMA_VERSION = 2
-READS = (1, 2)  # a version-1 document is a version-2 one without a calibration: it is read as that
+#: 2 added the optional "calibration" (hyinf/planner/quality_target.py) and settings.target_ssim beside it;
+#: 3 added the calibration's predicted worst quality for a new image (ssim_bound, top_bound) and "chunk",
+#: the positions per call a plan's costs were predicted for (absent in older plans: 32).
+SCHEMA_VERSION = 3
+READS = (1, 2, 3)  # older documents are read as the current version: what they lack is absent or null
 FIX = "make a new one with `hyinf plan`"
 MAX_BYTES = 64 * 2**20  # plans take kilobytes: this bounds what a crafted file can cost
 
@@ -67,7 +69,8 @@ class PlanDocument:
 
     @classmethod
     def make(cls, graph: Graph, grid: OcclusionGrid, blocks: list[BlockPlan], *, model_name: str, device: DeviceFingerprint,
-             cost_model: dict[str, Any], strategy: str, backend: str = "torch") -> PlanDocument:
+             cost_model: dict[str, Any], strategy: str, backend: str = "torch", chunk: int) -> PlanDocument:
+        """`chunk`: the positions per call the costs were predicted for (the device's runtime chunk)."""
         regions = changed_regions(graph, grid)
         totals = {k: sum(b.predicted[k] for b in blocks) for k in blocks[0].predicted}
         votes: dict[str, float] = {}
@@ -94,6 +97,7 @@ class PlanDocument:
             "cost_model": cost_model,
             "strategy": strategy,
             "predicted_s": totals,
+            "chunk": chunk,
             "blocks": [
                 {"rows": list(b.block.rows or ()), "cols": list(b.block.cols or ()), "positions": len(b.block),
                  "modes": {k: v.value for k, v in b.plan.modes.items()}, "predicted_s": b.predicted, "node_costs": _node_costs(graph, b)}
@@ -219,6 +223,12 @@ def _upgrade(body: dict[str, Any]) -> dict[str, Any]:
         if "calibration" in body:
             raise ValueError("a version-1 plan has no calibration")
         body = {**body, "schema_version": 2}
+    if body["schema_version"] == 2:
+        if isinstance(body.get("calibration"), dict):
+            if {"ssim_bound", "top_bound"} & set(body["calibration"]):
+                raise ValueError("a version-2 calibration has no predicted bounds")
+            body = {**body, "calibration": {**body["calibration"], "ssim_bound": None, "top_bound": None}}
+        body = {**body, "schema_version": 3}
     return body
 
 
@@ -236,6 +246,9 @@ def _check_shape(body: dict[str, Any]) -> None:
     predicted = body["predicted_s"]
     if not isinstance(predicted, dict) or "plan" not in predicted or not all(_number(v) for v in predicted.values()):
         raise ValueError("predicted_s must map 'plan' and the alternatives to seconds")
+    chunk = body.get("chunk", 32)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 0 < chunk <= 2**20:
+        raise ValueError(f"chunk must be a positive number of positions, got {chunk!r}")
     nodes = body["nodes"]
     if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("name"), str) for n in nodes):
         raise ValueError("nodes must be a list of named nodes")
