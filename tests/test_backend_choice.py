@@ -117,7 +117,7 @@ def test_auto_plans_for_the_backend_predicted_faster_and_records_both_prediction
     grid = OcclusionGrid.make((32, 32), 6, 4)
     with Database(profiled) as db:
         choice = choose_backend(program.graph, grid, fp, db)
-        predicted = {b: sum(p.predicted["plan"] for p in plan_grid(program.graph, grid, device_costs(db, fp, b)[0], backend=b))
+        predicted = {b: sum(p.predicted["plan"] for p in plan_grid(program.graph, grid, device_costs(db, fp, b)[0], backend=b, chunk=64))
                      for b in ("torch", "ort")}
         assert choice.predicted_s == predicted and choice.backend == min(predicted, key=lambda b: predicted[b])
         document = make_plan(program.graph, grid, fp, model_name="cnn", db=db, backend="auto")

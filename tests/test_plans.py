@@ -68,7 +68,8 @@ def test_document_round_trip_and_contents() -> None:
     again = PlanDocument.parse(document.to_json())
     assert again.body == json.loads(document.to_json())
     body = again.body
-    assert body["schema_version"] == 2 and body["strategy"] == "optimal"
+    assert body["schema_version"] == 3 and body["strategy"] == "optimal"
+    assert body["chunk"] == 64  # the CPU runtime's largest chunk: the calls the costs were predicted for
     assert set(body["predicted_s"]) == {"plan", "all-incremental", "all-full", "heuristic"}
     assert body["predicted_s"]["plan"] <= min(body["predicted_s"].values()) * (1 + 1e-6)
     assert sum(b["positions"] for b in body["blocks"]) == 8 * 8
@@ -94,6 +95,27 @@ def test_plans_for_other_models_or_settings_are_refused() -> None:
         hyinf.explain(wider, image, patch=6, stride=4, plan=document)
     with pytest.raises(PlanError, match="stride"):
         hyinf.explain(_residual_cnn(), image, patch=6, stride=2, plan=document)
+
+
+def test_plans_are_made_for_the_chunks_the_runtime_will_run() -> None:
+    """Costs per position include each call's fixed cost shared by its positions: planned for the
+    device's runtime chunk (64 positions on a CPU, 512 on a GPU, fewer in a smaller block)."""
+    from hyinf.planner.blocks import plan_grid
+
+    program = trace_torch(_residual_cnn(), (1, 3, 64, 64), CPU)
+    grid = OcclusionGrid.make((64, 64), 6, 2)
+    model = AnalyticCosts.default("cpu")
+    small, large = plan_grid(program.graph, grid, model, chunk=8), plan_grid(program.graph, grid, model, chunk=64)
+    for a, b in zip(small, large, strict=True):
+        ratio = a.predicted["all-full"] / b.predicted["all-full"]
+        assert ratio > 1 if len(a.block) > 8 else ratio == pytest.approx(1), (len(a.block), ratio)
+    gpu = _document(_residual_cnn(), device=DeviceFingerprint("cuda", "Some GPU", 132, "CUDA 13.0, sm_90", "2.14.1", ""))
+    assert gpu.body["chunk"] == 512 and _document(_residual_cnn()).body["chunk"] == 64
+    for bad in (0, -1, 2.5, True, "64"):
+        with pytest.raises(PlanError, match="chunk must be a positive number"):
+            PlanDocument.parse(json.dumps({**gpu.body, "chunk": bad}))
+    older = {k: v for k, v in gpu.body.items() if k != "chunk"}  # version 2 had no chunk: predicted for 32
+    assert "chunk" not in PlanDocument.parse(json.dumps({**older, "schema_version": 2})).body
 
 
 def test_plan_from_another_device_runs_with_a_warning() -> None:

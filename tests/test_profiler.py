@@ -20,7 +20,8 @@ from hyinf.profiler.features import choice_nodes
 from hyinf.profiler.machine import fingerprint
 from hyinf.profiler.measure import measure_program
 from hyinf.profiler.profile import device_costs
-from hyinf.profiler.sweep import MAX_ELEMENTS, MAX_MACS, sample_configs
+from hyinf.profiler.sweep import CAPS, POSITIONS, sample_configs
+from hyinf.runtime.chunking import largest_chunk
 from hyinf.profiler.timing import Stopwatch, Timing
 
 CPU = torch.device("cpu")
@@ -74,13 +75,17 @@ def test_measure_program_times_every_choice_in_both_modes() -> None:
     assert full.features["out_area"] == 32 * 32
 
 
-def test_sweep_configurations_are_deterministic_and_bounded() -> None:
-    configs = sample_configs(200, seed=3)
-    assert configs == sample_configs(200, seed=3)
+@pytest.mark.parametrize("kind", ["cpu", "cuda"])
+def test_sweep_configurations_are_deterministic_and_bounded_at_the_devices_chunk_sizes(kind: str) -> None:
+    configs = sample_configs(200, seed=3, device_kind=kind)
+    assert configs == sample_configs(200, seed=3, device_kind=kind)
     assert len({c.id for c in configs}) > 150
+    max_macs, max_elements = CAPS[kind]
     for c in configs:
         macs, elements = c.work()
-        assert macs <= MAX_MACS and elements <= MAX_ELEMENTS and 1 <= c.patch <= c.size
+        assert macs <= max_macs and elements <= max_elements and 1 <= c.patch <= c.size
+    # Every chunk size up to the runtime's largest on that device is measured.
+    assert {c.positions for c in configs} == set(POSITIONS[kind]) and max(POSITIONS[kind]) == largest_chunk(kind)
 
 
 def test_profile_command_end_to_end(tmp_path: Path) -> None:

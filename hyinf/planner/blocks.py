@@ -28,27 +28,30 @@ class BlockPlan:
     predicted: dict[str, float]  # predicted seconds for the block's positions: plan, all-incremental, all-full, heuristic
 
 
-def plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str = "optimal", backend: str = "torch") -> list[BlockPlan]:
-    """Plan every block of `grid` with `strategy` under `model`, the cost model of `backend`.
+def plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str = "optimal", backend: str = "torch", *,
+              chunk: int) -> list[BlockPlan]:
+    """Plan every block of `grid` with `strategy` under `model`, the cost model of `backend`, for calls of
+    `chunk` positions (`largest_chunk` of the device; fewer in a smaller block).
 
     Kept per process for the last few (graph structure, grid, strategy, cost model) combinations: planning
     vgg16 takes 0.15-0.3 s, 5% of an approximate explanation, and the same inputs give the same plans.
     The model is recognised by identity (`device_costs` gives the same object for the same stored model)
     and held with the plans, so its identity cannot pass to another model while they are kept.
     """
-    key = (graph_fingerprint(graph), grid, strategy, id(model), backend)
-    return list(_PLANNED.get(key, lambda: (model, _plan_grid(graph, grid, model, strategy, backend)))[1])
+    key = (graph_fingerprint(graph), grid, strategy, id(model), backend, chunk)
+    return list(_PLANNED.get(key, lambda: (model, _plan_grid(graph, grid, model, strategy, backend, chunk)))[1])
 
 
 _PLANNED: Kept[tuple[CostModel, list[BlockPlan]]] = Kept(8)
 
 
-def _plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str, backend: str) -> list[BlockPlan]:
+def _plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str, backend: str, chunk: int) -> list[BlockPlan]:
     planner = STRATEGIES[strategy]
     blocks = position_blocks(graph, grid)
     out = []
     regions = [changed_regions(graph, b) for b in blocks]
-    for block, costs in zip(blocks, predict_costs(graph, regions, model, folded=folded_nodes(graph, backend))):
+    calls = [min(chunk, len(b)) for b in blocks]
+    for block, costs in zip(blocks, predict_costs(graph, regions, model, calls, folded=folded_nodes(graph, backend))):
         plan = planner(graph, costs)
         alternatives = {
             "plan": plan,

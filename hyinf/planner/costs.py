@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from hyinf.graph.geometry import Change, Region
 from hyinf.graph.ir import Graph, Op
 from hyinf.planner.plan import Mode, Plan
@@ -58,14 +60,16 @@ def folded_nodes(graph: Graph, backend: str) -> frozenset[str]:
     return frozenset(out)
 
 
-def predict_costs(graph: Graph, blocks: Sequence[dict[str, Region]], model: CostModel, positions: int = 32,
+def predict_costs(graph: Graph, blocks: Sequence[dict[str, Region]], model: CostModel, positions: Sequence[int],
                   folded: frozenset[str] = frozenset()) -> list[GraphCosts]:
     """Per-position costs of every changed node under `model`, for each block's regions, assuming calls
-    of `positions` positions; `folded` nodes compute for free (their conversions still cost). All rows
-    go to the model in one call (tree models predict in bulk)."""
+    of that block's `positions` positions (the runtime's chunk: per-call costs weigh less in larger
+    ones); `folded` nodes compute for free (their conversions still cost). All rows go to the model in
+    one call (tree models predict in bulk)."""
     rows: list[Row] = []
+    per_call: list[float] = []  # each row's positions: its prediction is for one call of that many
     wanted: list[list[tuple[str, tuple[str, ...]]]] = []  # per block: (node, kinds), in row order
-    for regions in blocks:
+    for regions, chunk in zip(blocks, positions, strict=True):
         choice = {n.name for n in choice_nodes(graph, regions)}
         items = []
         for node in graph.nodes:
@@ -79,10 +83,11 @@ def predict_costs(graph: Graph, blocks: Sequence[dict[str, Region]], model: Cost
             else:
                 kinds = ("full", "incremental")
             op = sample_op(node.op.value, node.fn)
-            rows += [(kind, op, node_features(graph, node, regions, kind, positions)) for kind in kinds]
+            rows += [(kind, op, node_features(graph, node, regions, kind, chunk)) for kind in kinds]
+            per_call += [float(chunk)] * len(kinds)
             items.append((node.name, kinds))
         wanted.append(items)
-    seconds = iter((model.predict(rows) / positions).tolist())
+    seconds = iter((model.predict(rows) / np.array(per_call)).tolist())
     out = []
     for items in wanted:
         nodes: dict[str, NodeCosts] = {}

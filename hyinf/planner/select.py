@@ -19,6 +19,7 @@ from hyinf.planner.document import PlanDocument, settings_key, settings_of
 from hyinf.planner.plan import Plan
 from hyinf.profiler.machine import DeviceFingerprint
 from hyinf.profiler.profile import device_costs
+from hyinf.runtime.chunking import largest_chunk
 
 if TYPE_CHECKING:
     from hyinf.plans_db import Database
@@ -45,9 +46,10 @@ def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, m
         choice = choose_backend(graph, grid, device, db, strategy=strategy)
         backend = choice.backend
     model, info = device_costs(db, device, backend, cost_model_id)
-    blocks = plan_grid(graph, grid, model, strategy, backend)
+    chunk = largest_chunk(device.kind)
+    blocks = plan_grid(graph, grid, model, strategy, backend, chunk=chunk)
     document = PlanDocument.make(graph, grid, blocks, model_name=model_name, device=device, cost_model=info,
-                                 strategy=strategy, backend=backend)
+                                 strategy=strategy, backend=backend, chunk=chunk)
     return document if choice is None else PlanDocument({**document.body, "backend_choice": choice.to_json()})
 
 
@@ -107,7 +109,8 @@ def choose_backend(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint,
         commands = " and ".join("`hyinf profile" + ("" if b == "torch" else f" --backend {b}") + "`" for b in missing)
         return BackendChoice("torch", {}, f"torch: {' and '.join(missing)} never profiled on this device, so the backends "
                                           f"cannot be compared ({commands} {'measures it' if len(missing) == 1 else 'measure them'})")
-    predicted = {backend: sum(b.predicted[alternative] for b in plan_grid(graph, grid, model, strategy, backend))
+    chunk = largest_chunk(device.kind)
+    predicted = {backend: sum(b.predicted[alternative] for b in plan_grid(graph, grid, model, strategy, backend, chunk=chunk))
                  for backend, (model, _) in models.items()}
     best = min(predicted, key=lambda b: predicted[b])
     other = next(b for b in predicted if b != best)

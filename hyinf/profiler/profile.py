@@ -20,6 +20,7 @@ from hyinf.profiler.machine import DeviceFingerprint, fingerprint
 from hyinf.profiler.measure import measure_program
 from hyinf.profiler.sample import Sample
 from hyinf.profiler.sweep import run_sweep, sample_configs
+from hyinf.runtime.chunking import largest_chunk
 from hyinf.runtime.program import TorchProgram
 
 if TYPE_CHECKING:  # the database's modules (SQLAlchemy, Alembic) load only where one is opened
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # the database's modules (SQLAlchemy, Alembic) load only wher
 #: (configurations, repeats) of the sweep.
 QUICK = (400, 3)
 FULL = (2000, 5)
-MODEL_POSITIONS = 32
 STORE_EVERY = 25  # configurations per database transaction
 
 
@@ -81,8 +81,8 @@ def profile(
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     count, repeats = QUICK if quick else FULL
-    chosen = sample_configs(configs or count, seed)
     fp = fingerprint(device)
+    chosen = sample_configs(configs or count, seed, fp.kind)
     device_id = db.device_id(fp)
     settings: dict[str, object] = {"configs": len(chosen), "repeats": repeats, "seed": seed}
     settings["models"] = [
@@ -102,7 +102,8 @@ def profile(
     for done, model in enumerate(models, len(chosen) + 1):
         # The largest block of positions: the window sizes most of the grid is evaluated at.
         block = max(position_blocks(model.program.graph, model.grid), key=len)
-        samples = measure_program(model.program, block, positions=MODEL_POSITIONS, repeats=repeats, source="model", config=f"model:{model.name}")
+        positions = min(largest_chunk(fp.kind), len(block))  # the calls the runtime will make
+        samples = measure_program(model.program, block, positions=positions, repeats=repeats, source="model", config=f"model:{model.name}")
         db.add_samples(run_id, samples)
         measured += samples
         progress(done, total)

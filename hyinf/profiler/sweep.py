@@ -20,9 +20,12 @@ from hyinf.profiler.timing import Stopwatch
 OPS = ("conv", "conv", "conv", "conv", "depthwise", "max_pool", "avg_pool", "relu", "relu", "batch_norm", "add", "add", "gate", "hardswish", "global_avg_pool")
 SIZES = (7, 14, 28, 56, 112, 224)
 CHANNELS = (3, 8, 16, 32, 64, 96, 128, 256, 512)
-POSITIONS = (8, 16, 32, 64)
-MAX_MACS = 3e9  # per timed call: keeps one configuration well under a second on a small CPU
-MAX_ELEMENTS = 24e6  # per timed call: bounds memory
+#: Positions per timed call, up to the runtime's largest chunk on each kind of device: with a range
+#: of chunk sizes the fit tells per-call costs (kernel launches, Python) from per-position ones.
+POSITIONS = {"cpu": (8, 16, 32, 64), "cuda": (8, 32, 64, 128, 256, 512)}
+#: Per timed call, per kind of device: (MACs, elements). A CPU configuration stays well under a second
+#: on a small machine; a GPU takes 16x the work and memory in about the same time.
+CAPS = {"cpu": (3e9, 24e6), "cuda": (48e9, 384e6)}
 
 
 class _Add(nn.Module):
@@ -87,8 +90,10 @@ class OpConfig:
         return float(self.positions * self.channels_out * out * macs), float(elements)
 
 
-def sample_configs(count: int, seed: int = 0) -> list[OpConfig]:
-    """`count` random configurations within the per-call caps (deterministic for a seed)."""
+def sample_configs(count: int, seed: int = 0, device_kind: str = "cpu") -> list[OpConfig]:
+    """`count` random configurations within a device kind's per-call caps, at its chunk sizes
+    (deterministic for a seed and kind)."""
+    positions, (max_macs, max_elements) = POSITIONS[device_kind], CAPS[device_kind]
     rng = np.random.default_rng(seed)
     out: list[OpConfig] = []
     while len(out) < count:
@@ -100,9 +105,9 @@ def sample_configs(count: int, seed: int = 0) -> list[OpConfig]:
         stride = int(rng.choice((1, 1, 2))) if local else 1
         cout = int(rng.choice(CHANNELS)) if op == "conv" else cin
         patch = int(rng.integers(1, size + 1)) if rng.random() < 0.5 else int(rng.choice([p for p in (1, 4, 8, 16, 32) if p <= size]))
-        config = OpConfig(op, cin, cout, kernel, stride, size, patch, int(rng.choice(POSITIONS)))
+        config = OpConfig(op, cin, cout, kernel, stride, size, patch, int(rng.choice(positions)))
         macs, elements = config.work()
-        if macs <= MAX_MACS and elements <= MAX_ELEMENTS and size // stride >= 1:
+        if macs <= max_macs and elements <= max_elements and size // stride >= 1:
             out.append(config)
     return out
 

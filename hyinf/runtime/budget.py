@@ -8,22 +8,21 @@ import torch
 
 from hyinf.errors import SettingsError
 from hyinf.graph.ir import LOCAL_OPS
+from hyinf.runtime.chunking import GPU_MAX_BATCH, MAX_BATCH, largest_chunk
 from hyinf.runtime.engine import BlockedEngine, Engine, Repr
 
+__all__ = ["DEFAULT_MAX_MEMORY", "GPU_MAX_BATCH", "MAX_BATCH", "batch_size_for", "bytes_per_position", "default_budget"]
+
 DEFAULT_MAX_MEMORY = 2 * 1024**3  # bytes; leaves most of a 24 GiB machine free
-MAX_BATCH = 64  # larger chunks stop paying off on CPUs (caches) and only raise peak memory
 GPU_MEMORY_SHARE = 4  # on a GPU the default budget is 1/4 of its free memory
-# On a GPU, small chunks leave it waiting on kernel launches: on an H200, vgg16 naive re-inference
-# at the CPU's budget (18 positions per chunk) ran 5x slower than captum at 32.
-GPU_MAX_BATCH = 512
 
 
 def default_budget(device: torch.device) -> tuple[int, int]:
     """(memory budget in bytes, largest chunk) for `device` when the caller sets no budget."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free // GPU_MEMORY_SHARE, GPU_MAX_BATCH
-    return DEFAULT_MAX_MEMORY, MAX_BATCH
+        return free // GPU_MEMORY_SHARE, largest_chunk("cuda")
+    return DEFAULT_MAX_MEMORY, largest_chunk("cpu")
 
 
 def bytes_per_position(blocked: BlockedEngine, element_size: int = 4) -> int:

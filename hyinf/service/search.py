@@ -20,6 +20,7 @@ from hyinf.plans_db.store import CostModelRef, Database, Provenance
 from hyinf.profiler.cost_model import FORMAT_VERSION, AnalyticCosts, CostModel
 from hyinf.profiler.machine import DeviceFingerprint
 from hyinf.profiler.profile import stored_costs
+from hyinf.runtime.chunking import largest_chunk
 
 VERSION_FIELDS = ("cores", "driver", "torch_version", "onnxruntime_version")  # what may differ within a device class
 
@@ -80,8 +81,10 @@ def search(db: Database, graph: Graph, settings: dict[str, Any], device: DeviceF
     for row, dev in catalog.plans(db, fingerprint=fingerprint, settings_key=key, device_class=device.device_class):
         if row.cost_model_id == model_id and row.body.get("strategy") == strategy:
             return Found(row, dev, False)
-    blocks = plan_grid(graph, grid, model, strategy, backend)
-    document = PlanDocument.make(graph, grid, blocks, model_name="", device=device, cost_model=info, strategy=strategy, backend=backend)
+    chunk = largest_chunk(device.kind)
+    blocks = plan_grid(graph, grid, model, strategy, backend, chunk=chunk)
+    document = PlanDocument.make(graph, grid, blocks, model_name="", device=device, cost_model=info, strategy=strategy,
+                                 backend=backend, chunk=chunk)
     plan_id, created = db.publish_plan(fingerprint, key, device, model_id, dict(document.body), Provenance(publisher=publisher))
     found = catalog.plan(db, plan_id)
     assert found is not None
