@@ -94,13 +94,17 @@ def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def _system(model: nn.Module, image: torch.Tensor, system: str, patch: int, stride: int, captum_batch: int) -> Callable[[], object]:
-    """One run of `system` on `image` (1, C, H, W), target 0."""
+def _system(model: nn.Module, image: torch.Tensor, system: str, patch: int, stride: int, captum_batch: int,
+            graphs: bool = False) -> Callable[[], object]:
+    """One run of `system` on `image` (1, C, H, W), target 0: hyinf's through one Explainer kept for
+    every run, as a caller explaining many images keeps it; `graphs`: hyinf's engine with CUDA graphs."""
     if system == "captum":
         return lambda: CaptumOcclusion(model).attribute(image, sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
                                                         target=0, perturbations_per_eval=captum_batch).cpu()
     mode, backend = ("hybrid", "ort") if system == "hybrid-ort" else (system, "torch")
-    return lambda: hyinf.explain(model, image[0], mode=mode, backend=backend, patch=patch, stride=stride, target=0, device=image.device)
+    explainer = hyinf.Explainer(model, mode=mode, backend=backend, patch=patch, stride=stride, device=image.device,
+                                cuda_graphs=graphs and backend == "torch" and mode != "naive")
+    return lambda: explainer.explain(image[0], target=0)
 
 
 def _status(field: str) -> int:
@@ -121,12 +125,12 @@ def _peak_child(name: str, system: str, patch: int, stride: int, captum_batch: i
     return _status("VmHWM") - before
 
 
-def peak_memory(name: str, system: str, patch: int, stride: int, captum_batch: int, device: torch.device) -> int:
+def peak_memory(name: str, system: str, patch: int, stride: int, captum_batch: int, device: torch.device, graphs: bool = False) -> int:
     """Peak memory of one run above the level before it: on a GPU the allocator's peak; on a CPU the
     resident set's, in a fresh process (a process that already ran keeps its freed memory)."""
     if device.type == "cuda":
         model, size = build(name)
-        run = _system(model.to(device), _image(size, device), system, patch, stride, captum_batch)
+        run = _system(model.to(device), _image(size, device), system, patch, stride, captum_batch, graphs)
         torch.cuda.synchronize(device)
         start = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -174,7 +178,8 @@ def best_captum_batch(model: nn.Module, image: torch.Tensor) -> int:
     return max(rates, key=rates.__getitem__)
 
 
-def run_model(name: str, patch: int, stride: int, repeats: int, device: torch.device, rate: float, systems: tuple[str, ...]) -> Row:
+def run_model(name: str, patch: int, stride: int, repeats: int, device: torch.device, rate: float, systems: tuple[str, ...],
+              graphs: bool = False) -> Row:
     model, size = build(name)
     model = model.to(device)
     image = _image(size, device)
@@ -185,9 +190,9 @@ def run_model(name: str, patch: int, stride: int, repeats: int, device: torch.de
               machine=machine(device), rate=rate, date=datetime.date.today().isoformat())
     if "captum" in systems:
         row.captum_batch = best_captum_batch(model, image)
-    runs = {system: _system(model, image, system, patch, stride, row.captum_batch) for system in systems}
-    for system in ("hybrid", "hybrid-ort"):  # a first call traces the model, plans, builds the ORT session; later calls reuse them
-        if system in systems:
+    runs = {system: _system(model, image, system, patch, stride, row.captum_batch, graphs) for system in systems}
+    for system in systems:  # a first call traces the model, plans, builds ORT sessions, captures graphs; later calls reuse them
+        if system != "captum":
             runs[system]()
     reference = hyinf.explain(model, image[0], mode="naive", patch=patch, stride=stride, target=0, device=device)
     chosen = [s for s in SYSTEMS if s in systems]
@@ -214,7 +219,7 @@ def run_model(name: str, patch: int, stride: int, repeats: int, device: torch.de
             row.errors[system] = max(row.errors.get(system, 0.0), error)
             print(f"{name} round {round_ + 1} {system}: {elapsed:.2f} s", file=sys.stderr, flush=True)
     for system in chosen:  # at stride = patch: the same chunk sizes, a quarter of the positions at stride patch / 2
-        row.memory[system] = peak_memory(name, system, patch, max(stride, patch), row.captum_batch, device)
+        row.memory[system] = peak_memory(name, system, patch, max(stride, patch), row.captum_batch, device, graphs)
         print(f"{name} {system}: peak {row.memory[system] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
     return row
 
@@ -344,6 +349,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cuda-graphs", action="store_true", help="hyinf's engine systems replay CUDA graphs (docs/gpu.md)")
     parser.add_argument("--quick", action="store_true", help="resnet18, mobilenet_v3_large and se_resnet18 at stride 16, 2 rounds")
     parser.add_argument("--paper", action="store_true", help="the published setting: stride 4")
     parser.add_argument("--write", type=Path, help="replace the suite section of this markdown file; CSV and plot beside it")
@@ -370,13 +376,14 @@ def main() -> None:
     rows: list[Row] = []
     merged = kept
     for name in args.models:
-        rows.append(run_model(name, args.patch, args.stride, args.repeats, device, rate, systems))
+        rows.append(run_model(name, args.patch, args.stride, args.repeats, device, rate, systems, args.cuda_graphs))
         merged = sorted(kept + rows, key=lambda r: MODELS.index(r.model) if r.model in MODELS else len(MODELS))
         if data:
             write_csv(merged, data)  # after every model: a long run stopped early keeps what it measured
     batches = ", ".join(f"{r.model} {r.captum_batch}" for r in merged if r.captum_batch)
     rounds = "/".join(str(n) for n in sorted({max(len(t) for t in r.times.values()) for r in merged}))
-    text = (f"Device {device}. Patch {args.patch}, stride {args.stride}, {rounds} interleaved rounds"
+    text = (f"Device {device}{' (hyinf with CUDA graphs)' if args.cuda_graphs else ''}. Patch {args.patch}, stride {args.stride}, "
+            f"{rounds} interleaved rounds"
             f"{'; captum perturbations_per_eval (best of ' + str(CAPTUM_BATCHES) + '): ' + batches if batches else ''}.\n\n"
             f"{table(merged, systems)}\n")
     print(text)

@@ -60,6 +60,8 @@ class Explanation:
     calibration: Calibration | None = None  # the stored calibration a quality target chose the settings by
     backend: str = "torch"  # the backend that ran
     backend_reason: str | None = None  # why, where backend `auto` chose it
+    precision: str = "float32"  # float32 or tf32 (hyinf/runtime/precision.py)
+    precision_distance: float | None = None  # tf32: the clean outputs' largest difference from float32, relative
 
 
 @dataclass(frozen=True)

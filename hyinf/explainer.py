@@ -13,6 +13,7 @@ import math
 import os
 import statistics
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -48,9 +49,11 @@ from hyinf.planner.quality_target import Calibration, check_target
 from hyinf.quality import compare
 from hyinf.runtime.budget import batch_size_for, bytes_per_position, check_limits
 from hyinf.runtime.cache import ModelCache, content_digest
+from hyinf.runtime.cuda_graphs import GraphedEngine, check_cuda_graphs
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.occlusion import patch_fill
+from hyinf.runtime.precision import check_precision, distance, precision_scope
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.verify import (
     check_batches,
@@ -58,6 +61,7 @@ from hyinf.runtime.verify import (
     check_torch,
     float32,
     program_output,
+    run_program,
 )
 
 if TYPE_CHECKING:  # ONNX and ONNX Runtime load where a run uses them, not on import
@@ -103,6 +107,10 @@ class Explainer:
     cells where the coarse heatmap is highest. `check_exact` also computes the exact heatmap and
     reports the distance in `approximation.quality`.
 
+    On a GPU (docs/gpu.md): `precision` "float32" (exact; the caller's TF32 flags are set aside for the
+    run) or "tf32" (tensor cores; `Explanation.precision_distance` says how far the clean outputs are
+    from float32); `cuda_graphs` replays each block's chunk program from a captured CUDA graph.
+
     Settings are checked here; what depends on the image (its size against patch and stride, the
     target) is checked per image. Changing the module's weights between calls is seen: its program
     is traced again.
@@ -130,6 +138,8 @@ class Explainer:
         progress: bool = False,
         registry: str | None = None,
         target_ssim: float | None = None,
+        precision: str = "float32",
+        cuda_graphs: bool = False,
     ) -> None:
         if mode not in MODES:
             raise SettingsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -147,6 +157,9 @@ class Explainer:
                 raise SettingsError("target_ssim takes its approximate settings and plan from a stored calibration: "
                                     "leave out approx_threshold, drill_down, coarse_stride, plan and mode")
         self.model, self.device = model, resolve_device(device)
+        self.precision = check_precision(precision, self.device, backend)
+        self.cuda_graphs = check_cuda_graphs(cuda_graphs, self.device, backend, mode)
+        self._graphed: weakref.WeakKeyDictionary[BlockedEngine, GraphedEngine] = weakref.WeakKeyDictionary()
         self.patch, self.stride, self.patch_value, self.mode, self.plan = patch, stride, patch_value, mode, plan
         self.db, self.backend, self.output, self.registry = db, backend, output, registry
         self.batch_size, self.max_memory = batch_size, max_memory
@@ -205,6 +218,10 @@ class Explainer:
             raise SettingsError(f"{len(images)} images but {len(wanted)} targets; give one target per image (None: the prediction)")
         if not images:
             return []
+        with precision_scope(self.device, self.precision):  # the caller's TF32 flags come back afterwards
+            return self._explain_batch(images, wanted)
+
+    def _explain_batch(self, images: list[torch.Tensor], wanted: list[int | None]) -> list[Explanation]:
         batches = [as_batch(image).to(self.device) for image in images]
         if self.target_ssim is not None:  # each size's calibrated settings, found once
             return self._delegate(images, wanted, [self._for_target(batch) for batch in batches])
@@ -352,7 +369,11 @@ class Explainer:
         costs = {"plan_s": time.perf_counter() - start}  # choosing or making the plan, and the engine's windows
         size = batch_size_for(bytes_per_position(engine), batch.shape[0] * len(grid), self.max_memory, self.batch_size, batch.device)
         clean = CleanImage(program, batch)
-        runner: BlockedEngine | OrtEngine = engine
+        runner: BlockedEngine | OrtEngine | GraphedEngine = engine
+        if self.cuda_graphs:  # captured on the first chunks of each shape, replayed for every later one
+            if engine not in self._graphed:
+                self._graphed[engine] = GraphedEngine(engine)
+            runner = self._graphed[engine]
         if self.backend == "ort":
             settings = (tuple(batch.shape), grid, self.mode, _plan_key(engine), str(batch.device), size)
             runner = self._ort.get(identity, settings, lambda: _ort_engine(engine, identity))
@@ -378,6 +399,7 @@ class Explainer:
             timings.update(run.costs)
             verifying = time.perf_counter()
             _verify(program, model, imported, batch, run.base_out)  # on these images, before any of their numbers are trusted
+            off = self._precision_distance(program, model, batch, run.base_out)
             timings["verify_s"] = time.perf_counter() - verifying
             timings["compile_s"] = time.perf_counter() - clock - timings["trace_s"] - timings["verify_s"]
             classes = math.prod(run.base_out.shape[1:])
@@ -408,9 +430,19 @@ class Explainer:
                 base_score=base_score, grid=grid, batch_size=run.batch_size, timings=dict(share), node_modes=run.node_modes,
                 mode=run.mode if approximation is None else f"{run.mode}, {approximation.describe()}", approximation=approximation,
                 plan_source=run.plan_source, calibration=self.calibration, backend=self.backend, backend_reason=self.backend_reason,
+                precision=self.precision, precision_distance=off,
             )
             results.append(self._with_exact(result, batches[i]) if approximation is not None and self.check_exact else result)
         return results
+
+    def _precision_distance(self, program: TorchProgram | None, model: nn.Module, batch: torch.Tensor,
+                            base_out: torch.Tensor) -> float | None:
+        """TF32 runs: how far the clean outputs are from float32's (the program's, else the model's)."""
+        if self.precision == "float32":
+            return None
+        with torch.no_grad(), float32():
+            reference = run_program(program, batch) if program is not None else model(batch.clone())
+        return distance(base_out, reference)
 
     def _scores_of(self, outputs: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Each row's target score: row r is image `images[r]`, whose target is `targets[images[r]]`."""
@@ -471,6 +503,8 @@ class Explainer:
                 verifying = time.perf_counter()
                 _verify(program, model, imported, batch, fine.base_out)
                 timings["verify_s"] = time.perf_counter() - verifying
+            naive_torch = self.mode == "naive" and self.backend == "torch"
+            off = self._precision_distance(None if naive_torch else program, model, batch, fine.base_out)
             # A coarse grid of fine positions runs on the fine grid's engine (no second plan, engine or clean
             # pass); another has its own plan: only a plan of modes per node (not a document for the fine grid) carries over.
             nested = drilling and drilldown.nested(grid, coarse_grid)
@@ -517,6 +551,7 @@ class Explainer:
             base_score=base_score, grid=grid, batch_size=fine.batch_size, timings=timings, node_modes=fine.node_modes,
             mode=fine.mode if approximation is None else f"{fine.mode}, {approximation.describe()}", approximation=approximation,
             plan_source=fine.plan_source, calibration=self.calibration, backend=self.backend, backend_reason=self.backend_reason,
+            precision=self.precision, precision_distance=off,
         )
         return self._with_exact(result, image) if approximation is not None and self.check_exact else result
 

@@ -18,7 +18,7 @@ from hyinf.cli.common import (
     user_errors,
     writable_folder,
 )
-from hyinf.modes import BACKEND_CHOICES, MODES, OUTPUTS
+from hyinf.modes import BACKEND_CHOICES, MODES, OUTPUTS, PRECISIONS
 from hyinf.paths import check_readable_file
 
 RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
@@ -41,6 +41,11 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
               help="torch: PyTorch; ort: ONNX Runtime (the plan lowered to one ONNX graph, built once per model and settings); "
                    "auto: the one `hyinf plan --backend auto` chose, else the one the cost models predict faster.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
+              help="float32: exact; tf32: a CUDA GPU's tensor-core arithmetic (faster, approximate: report.json gives "
+                   "the clean output's distance from float32).")
+@click.option("--cuda-graphs", is_flag=True, help="On a CUDA GPU: replay each block's chunks from captured CUDA graphs "
+                                                 "(fewer kernel launches; see docs/gpu.md).")
 @click.option("--image-size", nargs=2, type=click.IntRange(min=1), help="Resize the image to H W (default: the model's usual size).")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,
               help="Normalise pixels as the model expects (ImageNet mean and std for torchvision models).")
@@ -71,7 +76,7 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 @user_errors
 def explain(model: str, images: tuple[str, ...], target: int | None, targets_file: Path | None, patch: int | tuple[int, int],
             stride: int | tuple[int, int], patch_value: float, patch_space: str, mode: str, score: str, device: str, backend: str,
-            image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
+            precision: str, cuda_graphs: bool, image_size: tuple[int, int] | None, normalize: bool, weights: Path | None, batch_size: int | None,
             max_memory: float | None, plan_file: Path | None, db_url: str | None, registry: str | None, threshold: float, ratio: float,
             coarse_stride: int | tuple[int, int] | None, target_ssim: float | None, check_exact: bool, out_dir: Path, resume: bool, ray_address: str | None,
             workers: int, threads: int, contact: int, quiet: bool) -> None:
@@ -101,8 +106,12 @@ def explain(model: str, images: tuple[str, ...], target: int | None, targets_fil
 
     if ray_address is None:  # on Ray the actors load torch and the model; this process starts the cluster meanwhile
         from hyinf.explain import check_work, resolve_device
+        from hyinf.runtime.cuda_graphs import check_cuda_graphs
+        from hyinf.runtime.precision import check_precision
 
-        resolve_device(device)  # an accelerator that is not there is refused before anything else
+        # An accelerator that is not there, and what it alone can do, are refused before anything else.
+        check_precision(precision, resolve_device(device), backend)
+        check_cuda_graphs(cuda_graphs, resolve_device(device), backend, mode)
     laps.lap("imports_s")  # the engine's modules load here, not for `hyinf --help`
     # Everything that can be checked without the model is, before the model is loaded.
     finite(patch_value, "--patch-value")
@@ -148,7 +157,7 @@ def explain(model: str, images: tuple[str, ...], target: int | None, targets_fil
         model=str(Path(model).resolve()) if Path(model).suffix and Path(model).exists() else model,
         weights=str(weights.resolve()) if weights else None, image_size=tuple(image_size) if image_size else None, normalize=normalize,
         patch_value=patch_value, patch_space=patch_space, plan_file=str(plan_file.resolve()) if plan_file else None,
-        settings={"patch": patch, "stride": stride, "mode": mode, "db": db_url, "device": device, "backend": backend, "output": score,
+        settings={"patch": patch, "stride": stride, "mode": mode, "db": db_url, "device": device, "backend": backend, "precision": precision, "cuda_graphs": cuda_graphs, "output": score,
                   "batch_size": batch_size, "max_memory": None if max_memory is None else max_memory * 1024**3,
                   "approx_threshold": threshold, "drill_down": ratio, "coarse_stride": coarse_stride, "check_exact": check_exact,
                   "registry": registry, "target_ssim": target_ssim, "progress": single and not quiet and sys.stderr.isatty()},

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 #: Explainer settings whose change changes the numbers (device, backend, chunk sizes, plans and exact
 #: modes do not: every exact mode equals naive re-inference).
-RESULT_SETTINGS = ("patch", "stride", "output", "approx_threshold", "drill_down", "coarse_stride", "target_ssim")
+RESULT_SETTINGS = ("patch", "stride", "output", "approx_threshold", "drill_down", "coarse_stride", "target_ssim", "precision")
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Worker:
             "image_size": list(self.size),
             "settings": {"patch": list(result.grid.patch), "stride": list(result.grid.stride), "patch_value": self.spec.patch_value,
                          "patch_space": self.spec.patch_space, "output": s.output, "device": str(s.device), "backend": result.backend,
-                         "batch_size": result.batch_size},
+                         "precision": result.precision, "batch_size": result.batch_size},
             "target_given": target,
             "target": result.target,
             "target_label": self.label(result.target),
@@ -176,6 +176,8 @@ class Worker:
         }
         if result.backend_reason is not None:  # backend auto: why this one
             report["backend_choice"] = {"asked": s.backend, "reason": result.backend_reason}
+        if result.precision_distance is not None:  # tf32: the clean outputs' largest difference from float32, relative
+            report["precision_distance"] = result.precision_distance
         if result.calibration is not None:  # the target, the settings it chose, and their worst calibration quality
             report["calibration"] = result.calibration.to_json()
         approx = result.approximation

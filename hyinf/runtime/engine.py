@@ -468,15 +468,16 @@ class BlockedEngine:
                 votes[name][rep.value] = votes[name].get(rep.value, 0) + len(engine.grid)
         return {name: max(v, key=v.__getitem__) for name, v in votes.items()}
 
-    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int,
-               only: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def chunks(self, clean: CleanImage, fill: torch.Tensor, batch_size: int, only: torch.Tensor | None = None,
+               prepare: Callable[[Engine, CleanImage, torch.Tensor], ImageRun] = Engine.prepare,
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield (images, positions in the grid, model outputs) for every image and position (or the
-        positions `only` marks), block by block."""
+        positions `only` marks), block by block; `prepare` makes each block's run (CUDA graphs replace it)."""
         if self.tail is None:
             for engine in self.engines:
-                yield from engine.prepare(clean, fill).chunks(batch_size, only)
+                yield from prepare(engine, clean, fill).chunks(batch_size, only)
             return
-        tail, runs = self.tail, [engine.prepare(clean, fill) for engine in self.engines]
+        tail, runs = self.tail, [prepare(engine, clean, fill) for engine in self.engines]
         limit = self.tail_batch(batch_size)
         if self.windowed is None:
             heads = ((ex, run.positions[idx], run.head(ex, idx, tail)) for run in runs for ex, idx in run.pairs(batch_size, only))

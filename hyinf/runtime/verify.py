@@ -4,12 +4,13 @@ module, or ONNX Runtime on the original file), with the cause named when they di
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from hyinf.errors import ModelError
+from hyinf.runtime.precision import tensor_cores
 from hyinf.runtime.program import TorchProgram
 
 #: The program's output must agree with the model's own runtime to this fraction of the output's
@@ -17,16 +18,10 @@ from hyinf.runtime.program import TorchProgram
 TOLERANCE = 1e-4
 
 
-@contextlib.contextmanager
-def float32() -> Iterator[None]:
+def float32() -> contextlib.AbstractContextManager[None]:
     """Full float32 on a GPU: TF32 convolutions (cuDNN's default) round to 10 bits, so a model on the
     CPU and its program on a GPU would differ by far more than the check allows."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    return tensor_cores(False)
 
 
 def run_program(program: TorchProgram, image: torch.Tensor) -> torch.Tensor:
