@@ -355,6 +355,13 @@ CLI: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
     "auto with one backend's cost model": (lambda f: ["plan", "demo", "--backend", "auto", "--profile", "1"], "leave out one"),
     "ort profile with model layers": (lambda f: ["profile", "--backend", "ort", "--model", "demo"], "torch backend only"),
     "stop a daemon that is not there": (lambda f: ["daemon", "stop"], "no hyinf daemon answers"),
+    "tf32 on a CPU": (lambda f: ["explain", "demo", "--precision", "tf32"], "tf32 is a CUDA GPU's"),
+    "precision words": (lambda f: ["explain", "demo", "--precision", "half"], "'half' is not one of 'float32', 'tf32'"),
+    "CUDA graphs on a CPU": (lambda f: ["explain", "demo", "--cuda-graphs"], "need device cuda"),
+    "calibrate on one image": (
+        lambda f: ["plan", "demo", "--target-ssim", "0.9", "--calibration-images", str(f["photo"])],
+        "at least 2 images",
+    ),
 }
 
 
