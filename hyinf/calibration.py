@@ -12,6 +12,7 @@ predicted few are run for real against exact evaluation, and the measured fastes
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import statistics
@@ -101,31 +102,43 @@ def measure(explainer: Callable[..., Explainer], images: Sequence[torch.Tensor],
     found = candidates()
     thresholds = sorted({c.threshold for c in found}, reverse=True)
     exact = explainer()
-    runs = {t: explainer(approx_threshold=t) if t < 1 else exact for t in thresholds}
-    coarse: dict[tuple[float, int], Explainer] = {}  # coarse passes on grids that are not fine positions
     rows: dict[Candidate, list[tuple[float, float, float]]] = {c: [] for c in found}
-    references: list[Explanation] = []
     with tqdm(total=len(images) * (1 + len(thresholds)), desc="calibrating", unit="run", disable=not progress) as bar:
+        references = []
         for image in images:
-            reference = exact.explain(image)
-            references.append(reference)
+            references.append(exact.explain(image))
             bar.update()
-            grid = reference.grid
-            for threshold in thresholds:
-                fine = runs[threshold].explain(image, reference.target)
+        # Threshold by threshold, so only its Explainers are alive: each holds its programs and engines
+        # (0.5-1 GB for vgg16), and all of them at once did not fit a 24 GiB machine.
+        for threshold in thresholds:
+            fine_runner = explainer(approx_threshold=threshold) if threshold < 1 else exact
+            coarse_runners: dict[int, Explainer] = {}  # coarse passes on grids that are not fine positions
+            for image, reference in zip(images, references, strict=True):
+                fine = fine_runner.explain(image, reference.target)
                 bar.update()
                 coarse_runs: dict[int, Explanation | None] = {}
                 for candidate in (c for c in found if c.threshold == threshold):
                     multiple = candidate.coarse_multiple
                     if candidate.drill_down < 1 and multiple not in coarse_runs:
-                        coarse_grid = fine.grid.with_stride(candidate.coarse_stride(grid.stride))  # type: ignore[arg-type]
-                        nested = drilldown.nested(fine.grid, coarse_grid)
-                        if not nested and (threshold, multiple) not in coarse:
-                            coarse[(threshold, multiple)] = explainer(approx_threshold=threshold, stride=coarse_grid.stride)
-                        coarse_runs[multiple] = None if nested else coarse[(threshold, multiple)].explain(image, reference.target)
+                        coarse_grid = fine.grid.with_stride(candidate.coarse_stride(reference.grid.stride))  # type: ignore[arg-type]
+                        if drilldown.nested(fine.grid, coarse_grid):
+                            coarse_runs[multiple] = None
+                        else:
+                            if multiple not in coarse_runners:
+                                coarse_runners[multiple] = explainer(approx_threshold=threshold, stride=coarse_grid.stride)
+                            coarse_runs[multiple] = coarse_runners[multiple].explain(image, reference.target)
                     rows[candidate].append(_replays(fine, coarse_runs.get(multiple), candidate, fine.grid, reference.heatmap))
+            del fine_runner, coarse_runners
+            _free_dropped()
     trials = [Trial(c, tuple(r[0] for r in v), tuple(r[1] for r in v), sum(r[2] for r in v) / len(v)) for c, v in rows.items()]
     return Measured(references, trials)
+
+
+def _free_dropped() -> None:
+    """Free the Explainers dropped so far now: a traced program is a reference cycle (torch.fx's module and
+    graph refer to each other), so its copy of the weights waits for a full collection, which the
+    interpreter starts by object counts, not by bytes."""
+    gc.collect()
 
 
 def _settings(candidate: Candidate, stride: tuple[int, int]) -> dict[str, Any]:
@@ -141,6 +154,7 @@ def settle(explainer: Callable[..., Explainer], images: Sequence[torch.Tensor], 
     if top_agreement is not None:
         check_target(top_agreement, "the target top-region agreement")
     meeting = ranked(measured.trials, target_ssim, top_agreement)
+    _free_dropped()  # an earlier target's runners
     contenders = [t.candidate for t in meeting[:CONFIRMED]]
     # A threshold alone is timed by its own run, not predicted: the fastest of those is always confirmed.
     contenders += [t.candidate for t in meeting if t.candidate.drill_down == 1 and t.candidate not in contenders][:1]

@@ -120,6 +120,8 @@ class _Builder:
                     self._node(n)
         assert output is not None
         graph = Graph(tuple(self.nodes.values()), self.input, output)
+        # The kernels read constants only; the traced image's values would live as long as the program.
+        self.values = {name: value for name, value in self.values.items() if name not in self.dependent}
         return TorchProgram(graph, self.full, self.local, self.device, self.inplace, self.linear)
 
     def _placeholder(self, n: fx.Node) -> None:
@@ -216,7 +218,10 @@ class _Builder:
                         env[node.name] = self._call(node, evaluate) if node.name in self.dependent else self.values[node.name]
                     return env[node.name]
 
-                return self._call(root, evaluate, inplace)
+                try:
+                    return self._call(root, evaluate, inplace)
+                finally:  # `evaluate` refers to itself: the cycle must not keep the values alive until a collection
+                    env.clear()
 
             return kernel
 

@@ -205,7 +205,10 @@ class ImageRun:
         self.clean, self.image, self.base, self.fill = clean, clean.image, clean.base, fill
         self.images = clean.image.shape[0]
         self.positions = torch.as_tensor(engine.grid.positions(), device=engine.device)
-        self.kernels: dict[Repr, Callable[[Node], torch.Tensor]] = {Repr.WIN: self._window_node, Repr.FULL: self._full_node}
+        # Unbound (a subclass's own where it overrides them): bound methods kept on self would make every run a
+        # reference cycle, holding its activations (GBs for vgg16) until the garbage collector happens to run.
+        self.kernels: dict[Repr, Callable[[ImageRun, Node], torch.Tensor]] = {Repr.WIN: type(self)._window_node,
+                                                                               Repr.FULL: type(self)._full_node}
 
     def chunks(self, batch_size: int, only: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield (images, positions in the whole grid, model outputs (N, ...)) for chunks of pairs;
@@ -287,7 +290,7 @@ class ImageRun:
 
     def evaluate(self, node: Node, rep: Repr) -> torch.Tensor:
         """One node's value for the chunk (the profiler overrides this to time it)."""
-        return self.kernels[rep](node)
+        return self.kernels[rep](self, node)
 
     # ---- reading inputs ----------------------------------------------------------------------
 
