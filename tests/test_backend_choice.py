@@ -83,7 +83,7 @@ def test_ort_folds_batch_norm_and_activations_into_convolutions() -> None:
     assert folded_nodes(graph, "torch") == frozenset()
     grid = OcclusionGrid.make((16, 16), 4, 4)
     regions = [changed_regions(graph, grid)]
-    costs = predict_costs(graph, regions, AnalyticCosts.default("cpu"), folded=folded_nodes(graph, "ort"))[0]
+    costs = predict_costs(graph, regions, AnalyticCosts.default("cpu"), [len(grid)], folded=folded_nodes(graph, "ort"))[0]
     for name in folded_nodes(graph, "ort"):
         assert costs.nodes[name].full == costs.nodes[name].incremental == 0 and costs.nodes[name].to_full > 0
 
