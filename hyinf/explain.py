@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hyinf.errors import SettingsError
-from hyinf.graph.geometry import OcclusionGrid, position_blocks
+from hyinf.graph.geometry import GROUPS_PER_AXIS, OcclusionGrid, position_blocks
 from hyinf.kept import Kept
 from hyinf.planner.document import PlanDocument, settings_key
 from hyinf.planner.plan import Plan
@@ -167,15 +167,16 @@ def compile_engine(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: 
 
 def _compile(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | PlanDocument | None = None, *,
              db: str | None = None, model_name: str = "", backend: str = "torch", registry: str | None = None,
-             kept: Kept[BlockedEngine] | None = None) -> tuple[BlockedEngine, str | None]:
-    """`compile_engine`'s engine, and where its plan came from: given, local, registry, planned (None: a mode without a plan)."""
+             kept: Kept[BlockedEngine] | None = None, groups_per_axis: int = GROUPS_PER_AXIS) -> tuple[BlockedEngine, str | None]:
+    """`compile_engine`'s engine, and where its plan came from: given, local, registry, planned (None: a mode without a plan).
+    `groups_per_axis` groups the positions into blocks (one: one block); other than the default, a hybrid plan is made now."""
     if isinstance(plan, Plan):
         unknown = sorted(set(plan.modes) - set(program.graph.by_name))
         if unknown:
             raise SettingsError(f"the plan names nodes this model does not have ({', '.join(unknown[:3])}, ...): it was made for another model")
     if isinstance(plan, Plan) or (plan is None and mode != "hybrid"):
         fixed = plan or Plan.uniform(mode)
-        engine = _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid)], "", kept)
+        engine = _blocked_engine(program, grid, [(block, fixed) for block in position_blocks(program.graph, grid, groups_per_axis)], "", kept)
         return engine, "given" if isinstance(plan, Plan) else None
     url = existing_database(db)
     database = None
@@ -184,7 +185,7 @@ def _compile(program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan |
 
         database = Database(url)
     chosen = choose_plan(program.graph, grid, fingerprint(program.device), given=plan, db=database, model_name=model_name, backend=backend,
-                         fetch=_registry_fetch(registry, db))
+                         fetch=_registry_fetch(registry, db), groups_per_axis=groups_per_axis)
     return _blocked_engine(program, grid, chosen.blocks, chosen.source, kept), chosen.kind
 
 

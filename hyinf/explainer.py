@@ -38,7 +38,7 @@ from hyinf.explain import (
     resolve_device,
     target_scores,
 )
-from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.geometry import GROUPS_PER_AXIS, OcclusionGrid
 from hyinf.graph.sources import is_onnx
 from hyinf.graph.torch_frontend import trace_torch
 from hyinf.kept import Kept
@@ -53,6 +53,7 @@ from hyinf.runtime.cuda_graphs import GraphedEngine, check_cuda_graphs
 from hyinf.runtime.engine import BlockedEngine, CleanImage
 from hyinf.runtime.naive import naive_chunks
 from hyinf.runtime.occlusion import patch_fill
+from hyinf.runtime.ort_growth import Growth
 from hyinf.runtime.precision import check_precision, distance, precision_scope
 from hyinf.runtime.program import TorchProgram
 from hyinf.runtime.verify import (
@@ -172,6 +173,7 @@ class Explainer:
         self._programs: ModelCache[TorchProgram] = ModelCache(2)  # by image shape: tracing vgg16 took 0.75-1.9 s
         self._engines: Kept[BlockedEngine] = Kept(4)  # a drill-down uses two: its coarse and its fine grid
         self._ort: ModelCache[OrtEngine] = ModelCache(4)
+        self._growth: ModelCache[Growth] = ModelCache(4)  # ORT: when one block of positions gives way to the plan's blocks
         self._imports: Kept[OnnxModel] = Kept(2)  # checking and importing vgg16's 528 MB file takes seconds
 
     # -- the model, per image size ------------------------------------------------------------------
@@ -330,9 +332,10 @@ class Explainer:
         block = statistics.median(len(e.grid) for e in engine.engines)
         return max(1, min(count, MAX_GROUP, math.ceil(chunk / block)))
 
-    def _engine(self, program: TorchProgram, grid: OcclusionGrid, mode: str,
-                plan: Plan | PlanDocument | None) -> tuple[BlockedEngine, str | None]:
-        return _compile(program, grid, mode, plan, db=self.db, backend=self.backend, registry=self.registry, kept=self._engines)
+    def _engine(self, program: TorchProgram, grid: OcclusionGrid, mode: str, plan: Plan | PlanDocument | None,
+                groups_per_axis: int = GROUPS_PER_AXIS) -> tuple[BlockedEngine, str | None]:
+        return _compile(program, grid, mode, plan, db=self.db, backend=self.backend, registry=self.registry, kept=self._engines,
+                        groups_per_axis=groups_per_axis)
 
     def _fill(self, batch: torch.Tensor) -> torch.Tensor:
         return patch_fill(self.patch_value, batch.shape[1], self.device, batch.dtype)
@@ -374,14 +377,43 @@ class Explainer:
             if engine not in self._graphed:
                 self._graphed[engine] = GraphedEngine(engine)
             runner = self._graphed[engine]
+        growth, note = None, ""
         if self.backend == "ort":
-            settings = (tuple(batch.shape), grid, self.mode, _plan_key(engine), str(batch.device), size)
-            runner = self._ort.get(identity, settings, lambda: _ort_engine(engine, identity))
+            blocks = len(engine.engines)
+            engine, ort_engine, size, growth = self._ort_engine(program, identity, batch, grid, engine, plan_source, clean, fill, size)
+            runner = ort_engine
             building = time.perf_counter()
-            runner.session(clean, fill, size)  # built (or read from the disk cache) now, so compile_s holds it
+            session = ort_engine.session(clean, fill, size)  # built (or read from the disk cache) now, so compile_s holds it
             costs["session_s"] = time.perf_counter() - building
-        mode = self.mode if self.mode == "naive" else f"{self.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''})"
-        return _Pass(clean.output, lambda only: runner.chunks(clean, fill, size, only), size, mode, engine.node_modes, plan_source, costs)
+            if growth is not None:
+                growth.built(session.build_s, session.graph_bytes)
+                note = f"; one block of positions until the {blocks}-block graph pays for its build"
+        mode = self.mode if self.mode == "naive" else f"{self.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''}{note})"
+
+        def chunks(only: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            start = time.perf_counter()
+            yield from runner.chunks(clean, fill, size, only)
+            if growth is not None:
+                growth.ran(time.perf_counter() - start)
+        return _Pass(clean.output, chunks, size, mode, engine.node_modes, plan_source, costs)
+
+    def _ort_engine(self, program: TorchProgram, identity: nn.Module | str, batch: torch.Tensor, grid: OcclusionGrid,
+                    blocked: BlockedEngine, plan_source: str | None, clean: CleanImage, fill: torch.Tensor,
+                    size: int) -> tuple[BlockedEngine, OrtEngine, int, Growth | None]:
+        """The blocked engine an ORT run evaluates, its ORT engine and chunk size, and the `Growth` that
+        chose it: the plan's blocks where their graph is built or in the disk cache, where the plan was
+        given, stored or fetched, and once one block has lost what building them costs; else one block."""
+        settings = (tuple(batch.shape), grid, self.mode, _plan_key(blocked), str(batch.device), size)
+        ort_engine = self._ort.get(identity, settings, lambda: _ort_engine(blocked, identity))
+        if plan_source not in (None, "planned") or len(blocked.engines) == 1 or ort_engine.ready(clean, fill, size):
+            return blocked, ort_engine, size, None
+        single, _ = self._engine(program, grid, self.mode, None, groups_per_axis=1)
+        growth = self._growth.get(identity, settings, lambda: Growth.of(blocked, single))
+        if growth.grown:
+            return blocked, ort_engine, size, None
+        size = batch_size_for(bytes_per_position(single), batch.shape[0] * len(grid), self.max_memory, self.batch_size, batch.device)
+        single_settings = (tuple(batch.shape), grid, self.mode, _plan_key(single), str(batch.device), size)
+        return single, self._ort.get(identity, single_settings, lambda: _ort_engine(single, identity)), size, growth
 
     # -- running ------------------------------------------------------------------------------------
 

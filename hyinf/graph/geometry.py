@@ -295,12 +295,16 @@ def _axis_groups(graph: Graph, regions: dict[str, Region], axis: int, groups: in
     return [sorted(order[i:j].tolist()) for i, j in reversed(bounds)]
 
 
-def position_blocks(graph: Graph, grid: OcclusionGrid, groups_per_axis: int = 3) -> list[OcclusionGrid]:
+#: Position blocks per axis: up to 9 blocks, each with its own window sizes and plan.
+GROUPS_PER_AXIS = 3
+
+
+def position_blocks(graph: Graph, grid: OcclusionGrid, groups_per_axis: int = GROUPS_PER_AXIS) -> list[OcclusionGrid]:
     """The grid cut into blocks of positions with similar changed regions.
 
     One window size serves every position of a block, so grouping positions whose regions are alike
     (border positions have smaller ones; so do positions aligned with the pooling grid) saves the
-    computation a single grid-wide window would waste on them.
+    computation a single grid-wide window would waste on them. One group per axis makes one block.
     """
     regions = changed_regions(graph, grid)
     rows = _axis_groups(graph, regions, 0, groups_per_axis)

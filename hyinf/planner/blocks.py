@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hyinf.graph.fingerprint import graph_fingerprint
-from hyinf.graph.geometry import OcclusionGrid, changed_regions, position_blocks
+from hyinf.graph.geometry import GROUPS_PER_AXIS, OcclusionGrid, changed_regions, position_blocks
 from hyinf.graph.ir import Graph
 from hyinf.kept import Kept
 from hyinf.planner.costs import GraphCosts, folded_nodes, plan_cost, predict_costs
@@ -29,25 +29,27 @@ class BlockPlan:
 
 
 def plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str = "optimal", backend: str = "torch", *,
-              chunk: int) -> list[BlockPlan]:
-    """Plan every block of `grid` with `strategy` under `model`, the cost model of `backend`, for calls of
-    `chunk` positions (`largest_chunk` of the device; fewer in a smaller block).
+              chunk: int, groups_per_axis: int = GROUPS_PER_AXIS) -> list[BlockPlan]:
+    """Plan every block of `grid` (`groups_per_axis` groups of positions per axis) with `strategy` under
+    `model`, the cost model of `backend`, for calls of `chunk` positions (`largest_chunk` of the device;
+    fewer in a smaller block).
 
     Kept per process for the last few (graph structure, grid, strategy, cost model) combinations: planning
     vgg16 takes 0.15-0.3 s, 5% of an approximate explanation, and the same inputs give the same plans.
     The model is recognised by identity (`device_costs` gives the same object for the same stored model)
     and held with the plans, so its identity cannot pass to another model while they are kept.
     """
-    key = (graph_fingerprint(graph), grid, strategy, id(model), backend, chunk)
-    return list(_PLANNED.get(key, lambda: (model, _plan_grid(graph, grid, model, strategy, backend, chunk)))[1])
+    key = (graph_fingerprint(graph), grid, strategy, id(model), backend, chunk, groups_per_axis)
+    return list(_PLANNED.get(key, lambda: (model, _plan_grid(graph, grid, model, strategy, backend, chunk, groups_per_axis)))[1])
 
 
 _PLANNED: Kept[tuple[CostModel, list[BlockPlan]]] = Kept(8)
 
 
-def _plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str, backend: str, chunk: int) -> list[BlockPlan]:
+def _plan_grid(graph: Graph, grid: OcclusionGrid, model: CostModel, strategy: str, backend: str, chunk: int,
+               groups_per_axis: int) -> list[BlockPlan]:
     planner = STRATEGIES[strategy]
-    blocks = position_blocks(graph, grid)
+    blocks = position_blocks(graph, grid, groups_per_axis)
     out = []
     regions = [changed_regions(graph, b) for b in blocks]
     calls = [min(chunk, len(b)) for b in blocks]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyinf.errors import PlanError, PlanWarning
 from hyinf.graph.fingerprint import graph_fingerprint
-from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.geometry import GROUPS_PER_AXIS, OcclusionGrid
 from hyinf.graph.ir import Graph
 from hyinf.modes import BACKENDS
 from hyinf.planner.blocks import plan_grid
@@ -38,7 +38,8 @@ Fetch = Callable[[str, dict[str, Any], DeviceFingerprint], "tuple[PlanDocument, 
 
 
 def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, model_name: str, db: Database | None,
-              strategy: str = "optimal", cost_model_id: int | None = None, backend: str = "torch") -> PlanDocument:
+              strategy: str = "optimal", cost_model_id: int | None = None, backend: str = "torch",
+              groups_per_axis: int = GROUPS_PER_AXIS) -> PlanDocument:
     """Plan every block of `grid` under this device's cost model for `backend` (analytic when it was never
     profiled). Backend `auto` plans for the backend `choose_backend` picks and records the choice."""
     choice = None
@@ -47,18 +48,21 @@ def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, m
         backend = choice.backend
     model, info = device_costs(db, device, backend, cost_model_id)
     chunk = largest_chunk(device.kind)
-    blocks = plan_grid(graph, grid, model, strategy, backend, chunk=chunk)
+    blocks = plan_grid(graph, grid, model, strategy, backend, chunk=chunk, groups_per_axis=groups_per_axis)
     document = PlanDocument.make(graph, grid, blocks, model_name=model_name, device=device, cost_model=info,
                                  strategy=strategy, backend=backend, chunk=chunk)
     return document if choice is None else PlanDocument({**document.body, "backend_choice": choice.to_json()})
 
 
 def choose_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, given: PlanDocument | None, db: Database | None,
-                model_name: str = "", backend: str = "torch", fetch: Fetch | None = None) -> ChosenPlan:
-    """The plan given, else the local database's, else the registry's (`fetch`), else one made now."""
+                model_name: str = "", backend: str = "torch", fetch: Fetch | None = None,
+                groups_per_axis: int = GROUPS_PER_AXIS) -> ChosenPlan:
+    """The plan given, else the local database's, else the registry's (`fetch`), else one made now.
+    Stored and fetched plans have the default blocks: another grouping (`groups_per_axis`) is planned now."""
     if given is not None:
         return ChosenPlan(given.bind(graph, grid, device, backend), "given plan", given, "given")
-    if db is not None:
+    lookup = groups_per_axis == GROUPS_PER_AXIS
+    if db is not None and lookup:
         row = db.find_plan(graph_fingerprint(graph), settings_key(settings_of(grid, backend)), device.key)
         if row is not None:
             try:  # stored by an older hyinf, imported unchecked or edited in the database: never trusted as is
@@ -67,7 +71,7 @@ def choose_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *,
             except PlanError as e:
                 warnings.warn(f"skipped stored plan {row.id} in {db.url}: {e} (remove it with `hyinf plans delete {row.id}`); "
                               "planning now", PlanWarning, stacklevel=2)
-    if fetch is not None:
+    if fetch is not None and lookup:
         fetched = fetch(graph_fingerprint(graph), settings_of(grid, backend), device)
         if fetched is not None:
             try:
@@ -76,7 +80,7 @@ def choose_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *,
                     return ChosenPlan(fetched[0].bind(graph, grid, device, backend), fetched[1], fetched[0], "registry")
             except PlanError as e:
                 warnings.warn(f"the registry's plan does not fit this run ({e}); planning now", PlanWarning, stacklevel=2)
-    document = make_plan(graph, grid, device, model_name=model_name, db=db, backend=backend)
+    document = make_plan(graph, grid, device, model_name=model_name, db=db, backend=backend, groups_per_axis=groups_per_axis)
     kind = document.body["cost_model"]
     source = f"planned now ({kind['kind']} cost model{' ' + str(kind['id']) if kind['id'] else ''})"
     return ChosenPlan(document.bind(graph, grid, device, backend), source, document)

@@ -67,6 +67,10 @@ class DiskCache:
     def _entry(self, kind: str, key: str) -> Path:
         return self.folder / kind / key
 
+    def has(self, kind: str, key: str) -> bool:
+        """Whether an entry is stored under `key` (`get` still checks it)."""
+        return (self._entry(kind, key) / MANIFEST).is_file()
+
     def get(self, kind: str, key: str) -> tuple[dict[str, bytes], dict[str, Any]] | None:
         """The parts and metadata stored under `key`, or None when missing or damaged."""
         entry = self._entry(kind, key)

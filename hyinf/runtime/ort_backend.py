@@ -20,6 +20,7 @@ import contextlib
 import importlib.metadata
 import io
 import math
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,6 +122,11 @@ class Recorder:
         self._note(("rows", name, pad, value))
         return self.clean.rows(name, pad, value)
 
+
+
+def _seconds(stored: Any) -> float:
+    """A duration the cache's JSON holds (0 where an older entry has none or it is not a number)."""
+    return float(stored) if isinstance(stored, (int, float)) and math.isfinite(stored) and stored >= 0 else 0.0
 
 
 def _stored_key(stored: list[Any]) -> Key:
@@ -300,6 +306,8 @@ class _Session:
     checked: bool = False  # against the torch engine, on the first run
     cached: bool = False  # read from the disk cache: checked in full when it was built
     pending: tuple[str, dict[str, bytes]] | None = None  # (cache key, graphs): stored once checked
+    build_s: float = 0.0  # seconds its graphs took to build (in an earlier process, where read from the disk cache)
+    graph_bytes: int = 0  # of its serialized graphs: mostly the weights they hold
 
     def values(self, run: int, blocks: list[torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
         """The graph inputs for one run's positions (`blocks`): the positions themselves, or the index
@@ -356,7 +364,8 @@ class OrtEngine:
         """The session running chunks of about `batch_size` positions, built the first time from this
         image's activations (only their shapes matter), or read from the disk cache."""
         if batch_size not in self.sessions:
-            _, sizes = run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)
+            start = time.perf_counter()
+            sizes = self._sizes(batch_size)
             key = self._cache_key(clean, fill, sizes)
             found = self.cache.get("ort", key) if self.cache is not None and key is not None else None
             parts, keys = (found[0], [_stored_key(k) for k in found[1]["keys"]]) if found else self._build(clean, fill, sizes)
@@ -364,9 +373,21 @@ class OrtEngine:
             positions = self._open(parts["positions.onnx"]) if "positions.onnx" in parts else None
             tail = self._open(parts["tail.onnx"]) if "tail.onnx" in parts else None
             pending = (key, parts) if not found and key is not None else None
+            build_s = _seconds(found[1].get("build_s")) if found else time.perf_counter() - start
             self.sessions[batch_size] = _Session(session, keys, sizes, {i.name for i in session.get_inputs()}, tail, positions, {},
-                                                 pending=pending, cached=found is not None)
+                                                 pending=pending, cached=found is not None, build_s=build_s,
+                                                 graph_bytes=sum(map(len, parts.values())))
         return self.sessions[batch_size]
+
+    def ready(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> bool:
+        """Whether the session for `batch_size` is built, or its graphs are in the disk cache: nothing to export."""
+        if batch_size in self.sessions:
+            return True
+        key = self._cache_key(clean, fill, self._sizes(batch_size))
+        return self.cache is not None and key is not None and self.cache.has("ort", key)
+
+    def _sizes(self, batch_size: int) -> list[int]:
+        return run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)[1]
 
     def _cache_key(self, clean: CleanImage, fill: torch.Tensor, sizes: list[int]) -> str | None:
         """What the graphs for these run sizes are built from, as a cache key: the model's content and
@@ -423,7 +444,7 @@ class OrtEngine:
                     self._check_block(s, clean, fill, b, *blocks[b])
                 s.checked = True
                 if s.pending is not None and self.cache is not None:
-                    self.cache.put("ort", s.pending[0], s.pending[1], {"keys": s.keys})
+                    self.cache.put("ort", s.pending[0], s.pending[1], {"keys": s.keys, "build_s": s.build_s})
                 s.pending = None
             yield blocks
 
