@@ -386,7 +386,7 @@ class Explainer:
             session = ort_engine.session(clean, fill, size)  # built (or read from the disk cache) now, so compile_s holds it
             costs["session_s"] = time.perf_counter() - building
             if growth is not None:
-                growth.built(session.build_s, session.graph_bytes)
+                growth.built(session.build_s, session.weight_bytes)
                 note = f"; one block of positions until the {blocks}-block graph pays for its build"
         mode = self.mode if self.mode == "naive" else f"{self.mode} ({engine.strategy}{', ' + engine.source if engine.source else ''}{note})"
 

@@ -3,6 +3,7 @@ ones are never trusted, the folder stays within its cap, and an unusable folder 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -151,3 +152,29 @@ def test_a_second_process_starts_warm(tmp_path: Path) -> None:
             os.utime(entry / MANIFEST, ns=(built - 10**9, built - 10**9))
     assert (entry / MANIFEST).stat().st_mtime_ns > built - 10**9  # read (and marked used) by the second process
     assert (tmp_path / "a" / "heatmap.npy").read_bytes() == (tmp_path / "b" / "heatmap.npy").read_bytes()
+
+
+def test_entries_hold_graphs_not_weights_and_other_weights_are_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights reach ORT from the model, not the cache; an entry naming other weights (another
+    hyinf's order, an edited manifest) is rebuilt, never run with the wrong ones."""
+    monkeypatch.setenv("HYINF_CACHE_DIR", str(tmp_path))
+    seeded(2)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5)).eval()
+    image = torch.rand(3, 32, 32)
+    naive = hyinf.explain(model, image, mode="naive", patch=8, stride=4)
+    _ort(model).explain(image)
+    (entry,) = list((tmp_path / "ort").iterdir())
+    weight = model[2].weight.detach().numpy().tobytes()
+    assert all(weight[:4096] not in f.read_bytes() for f in entry.iterdir())
+    manifest = json.loads((entry / MANIFEST).read_text())
+    assert manifest["meta"]["weights"]["chunk.onnx"]
+    manifest["meta"]["weights"]["chunk.onnx"][0][1] = "0" * 24
+    (entry / MANIFEST).write_text(json.dumps(manifest))
+    again = _ort(model)
+    result = again.explain(image)
+    assert [s.cached for s in _sessions(again)] == [False]
+    assert_close_to(naive.scores, result.scores, "rebuilt")
+    third = _ort(model)
+    third.explain(image)
+    assert [s.cached for s in _sessions(third)] == [True]  # the rebuilt entry replaced the unfit one

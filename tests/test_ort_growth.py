@@ -21,7 +21,7 @@ PATCH, STRIDE, SIZE = 6, 2, 32  # several blocks of positions
 def test_the_blocked_graph_is_built_once_one_block_has_lost_its_predicted_build() -> None:
     growth = Growth(blocks=9, saving=0.2)
     assert not growth.grown  # nothing built yet: nothing to weigh
-    growth.built(2.0, graph_bytes=0)
+    growth.built(2.0, weight_bytes=0)
     assert growth.blocked_build_s == pytest.approx(18.0)
     growth.ran(40.0)
     assert growth.lost_s == pytest.approx(8.0) and not growth.grown
@@ -31,16 +31,16 @@ def test_the_blocked_graph_is_built_once_one_block_has_lost_its_predicted_build(
 
 def test_the_weights_part_of_a_build_is_paid_once() -> None:
     growth = Growth(blocks=9, saving=0.2)
-    growth.built(2.0, graph_bytes=32 << 20)
+    growth.built(2.0, weight_bytes=32 << 20)
     weights = WEIGHT_S_PER_MIB * 32
     assert growth.blocked_build_s == pytest.approx(weights + (2.0 - weights) * 9)
-    growth.built(0.5, graph_bytes=1 << 30)  # more weights than the build took: all of it is the weights'
+    growth.built(0.5, weight_bytes=1 << 30)  # more weights than the build took: all of it is the weights'
     assert growth.blocked_build_s == pytest.approx(0.5)
 
 
 def test_no_saving_never_grows() -> None:
     growth = Growth(blocks=4, saving=0.0)
-    growth.built(0.1, graph_bytes=0)
+    growth.built(0.1, weight_bytes=0)
     growth.ran(1e6)
     assert not growth.grown
 

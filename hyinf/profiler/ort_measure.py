@@ -31,10 +31,10 @@ from hyinf.runtime.ort_backend import (
     Recorder,
     TracedRun,
     clean_value,
-    export_onnx,
     providers,
     session_options,
 )
+from hyinf.runtime.onnx_export import export_onnx
 from hyinf.runtime.program import TorchProgram
 
 REORDERS = frozenset({"ReorderInput", "ReorderOutput"})  # the NCHWc layout's conversions
@@ -104,7 +104,7 @@ def measure_ort(program: TorchProgram, grid: OcclusionGrid, *, positions: int, r
         module.keys = recorder.keys
         values = [clean_value(setup.clean, key).clone() for key in recorder.keys]  # distinct tensors: the tracer merges repeated ones
         names = ["fill", *(f"clean{k}" for k in range(len(values)))]
-        model = export_onnx(module, (setup.fill, *values), names, [f"out{k}" for k in range(outputs)])
+        model, _ = export_onnx(module, (setup.fill, *values), names, [f"out{k}" for k in range(outputs)])
     with tempfile.TemporaryDirectory(prefix="hyinf-ort-profile-") as folder:
         options = session_options(arena=program.device.type == "cpu")
         options.enable_profiling, options.profile_file_prefix = True, os.path.join(folder, "run")

@@ -71,6 +71,10 @@ class DiskCache:
         """Whether an entry is stored under `key` (`get` still checks it)."""
         return (self._entry(kind, key) / MANIFEST).is_file()
 
+    def discard(self, kind: str, key: str) -> None:
+        """Remove an entry its reader found unfit (the next `put` stores its replacement)."""
+        shutil.rmtree(self._entry(kind, key), ignore_errors=True)
+
     def get(self, kind: str, key: str) -> tuple[dict[str, bytes], dict[str, Any]] | None:
         """The parts and metadata stored under `key`, or None when missing or damaged."""
         entry = self._entry(kind, key)

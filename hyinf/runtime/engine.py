@@ -182,6 +182,10 @@ class CleanImage:
     def output(self) -> torch.Tensor:
         return self.base[self.program.graph.output]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor it holds: the images, their activations and the padded copies made so far."""
+        return [self.image, *self.base.values(), *self._rows.values()]
+
     def rows(self, name: str, pad: tuple[int, int, int, int] = (0, 0, 0, 0), value: float = 0.0) -> torch.Tensor:
         """The clean value of `name`, padded, in pixel-major rows (computed once per image)."""
         key = (name, pad, value)

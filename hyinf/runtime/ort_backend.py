@@ -16,13 +16,10 @@ tail on the cut values of many runs at once, so large linear layers see large ba
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
-import io
 import math
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +35,12 @@ from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.ir import Node, Op
 from hyinf.runtime.disk_cache import DiskCache, content_key
 from hyinf.runtime.engine import BlockedEngine, CleanImage, ImageRun
+from hyinf.runtime.onnx_export import OPSET, add_weights, export_onnx, read_weights, weight_fingerprint
 from hyinf.runtime.tail import Cells, Tail, batches
 
 if TYPE_CHECKING:
     import onnx
 
-OPSET = 17
 CHECK_TOLERANCE = 1e-4  # of the output scale: the first chunk of a new session against the torch backend
 CHECK_POSITIONS = 4  # of each block: the torch engine's evaluation of them costs what the ORT run saves
 KEPT_INDEX_BYTES = 256 << 20  # a session keeps its runs' index values (see `_Session.values`) up to this size
@@ -129,9 +126,28 @@ def _seconds(stored: Any) -> float:
     return float(stored) if isinstance(stored, (int, float)) and math.isfinite(stored) and stored >= 0 else 0.0
 
 
-def _stored_key(stored: list[Any]) -> Key:
-    """A clean value's key as the cache's JSON holds it (lists where the key has tuples)."""
-    return tuple(tuple(part) if isinstance(part, list) else part for part in stored)
+def _weights_meta(used: dict[str, list[int]], weights: dict[str, list[torch.Tensor]]) -> dict[str, list[list[Any]]]:
+    """What a cache entry records of the weights each graph holds as external data: index and fingerprint."""
+    return {part: [[k, weight_fingerprint(weights[part][k])] for k in ks] for part, ks in used.items()}
+
+
+def _stored_weights(meta: dict[str, Any], weights: dict[str, list[torch.Tensor]]) -> dict[str, list[int]] | None:
+    """The weights each cached graph holds as external data, where the entry's metadata names this
+    model's (by index and fingerprint); None where it names others (an older or damaged entry): rebuilt."""
+    stored = meta.get("weights")
+    if not isinstance(stored, dict) or set(stored) != set(weights):
+        return None
+    used: dict[str, list[int]] = {}
+    for part, entries in stored.items():
+        if not isinstance(entries, list):
+            return None
+        used[part] = []
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int) and 0 <= entry[0] < len(weights[part])
+                    and entry[1] == weight_fingerprint(weights[part][entry[0]])):
+                return None
+            used[part].append(entry[0])
+    return used
 
 
 def clean_value(clean: CleanImage, key: Key) -> torch.Tensor:
@@ -230,68 +246,53 @@ def _evaluate(run: ImageRun, idx: torch.Tensor, blocked: BlockedEngine) -> torch
     return run.head(zeros, idx, blocked.tail)
 
 
-@contextlib.contextmanager
-def _row_pastes() -> Iterator[None]:
-    """Export `index_copy` along the first axis (the runtime's pastes of pixel rows) as ScatterND over
-    rows, several times faster in ORT than the default element-wise ScatterElements."""
-
-    def index_copy(g: Any, self: Any, dim: Any, index: Any, source: Any) -> Any:
-        from torch.onnx import symbolic_helper, symbolic_opset9
-
-        if symbolic_helper._get_const(dim, "i", "dim") != 0:
-            return symbolic_opset9.index_copy(g, self, dim, index, source)
-        rows = g.op("Unsqueeze", index, g.op("Constant", value_t=torch.tensor([-1])))
-        return g.op("ScatterND", self, rows, source)
-
-    torch.onnx.register_custom_op_symbolic("aten::index_copy", index_copy, OPSET)
-    try:
-        yield
-    finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::index_copy", OPSET)
-
-
-def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: list[int]) -> tuple[bytes, list[Key]]:
-    """The ONNX graph evaluating `sizes[b]` positions of every block b, and the clean values it reads."""
+def probe_chunk(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> tuple[list[Key], list[torch.Tensor]]:
+    """The clean values a chunk graph reads (its inputs) and the weights, from one position of every
+    block: what a block reads depends on its plan, not on how many positions it evaluates."""
     recorder = Recorder(clean)
+    one = torch.zeros(1, dtype=torch.long, device=blocked.program.device)
+
+    def probe() -> None:
+        for engine in blocked.engines:
+            _evaluate(TracedRun(engine, recorder, fill), one, blocked)  # type: ignore[arg-type]
+
+    read = read_weights(probe)
+    given = {id(fill), *map(id, clean.tensors())}  # inputs of the graph, or what they were made from
+    return recorder.keys, [w for w in read if id(w) not in given]
+
+
+def lower(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, sizes: list[int], keys: list[Key],
+          weights: list[torch.Tensor]) -> tuple[bytes, list[int]]:
+    """The ONNX graph evaluating `sizes[b]` positions of every block b, reading the clean values `keys`
+    (see `probe_chunk`), and the indices of the `weights` it holds as external data."""
     probes = [torch.zeros(size, dtype=torch.long, device=blocked.program.device) for size in sizes]
-    for engine, idx in zip(blocked.engines, probes):
-        _evaluate(TracedRun(engine, recorder, fill), idx, blocked)  # type: ignore[arg-type]
-    values = [clean_value(clean, key).clone() for key in recorder.keys]  # distinct tensors: the tracer merges repeated ones into one input
+    values = [clean_value(clean, key).clone() for key in keys]  # distinct tensors: the tracer merges repeated ones into one input
     names = ["fill", *(f"block{b}" for b in range(len(sizes))), *(f"clean{k}" for k in range(len(values)))]
-    module, args, outputs = _Chunk(blocked, recorder.keys), (fill, *probes, *values), [f"out{b}" for b in range(len(sizes))]
-    return export_onnx(module, args, names, outputs), recorder.keys
+    module, args, outputs = _Chunk(blocked, keys), (fill, *probes, *values), [f"out{b}" for b in range(len(sizes))]
+    return export_onnx(module, args, names, outputs, weights=weights)
 
 
-def lower_tail(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> bytes:
-    """The ONNX graph of the blocked engine's tail (after its windowed first layer, where it has
-    one), for any number of positions."""
+def _tail_module(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> tuple[_TailModule, torch.Tensor]:
+    """The module of the blocked engine's tail (after its windowed first layer, where it has one) and an input for it."""
     tail = blocked.dense_tail()
     cut = blocked.program.graph[tail.cut]
     probe = torch.zeros(2, *cut.shape[1:], device=blocked.program.device)  # 2, not 1: a batch axis the exporter cannot mistake for a constant
-    module = _TailModule(TracedRun(blocked.engines[0], clean, fill), tail)
-    return export_onnx(module, (probe,), ["cut"], ["out"], {"cut": {0: "positions"}, "out": {0: "positions"}})
+    return _TailModule(TracedRun(blocked.engines[0], clean, fill), tail), probe
 
 
-def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], outputs: list[str],
-            dynamic: dict[str, dict[int, str]] | None = None) -> bytes:
-    """The module traced into a serialized ONNX model."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
-        try:  # the TorchScript exporter: a few seconds where torch.export takes minutes
-            with _row_pastes():
-                torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET, input_names=names, output_names=outputs, dynamic_axes=dynamic)
-            return buffer.getvalue()
-        except ModelError:
-            raise
-        except Exception as e:
-            first = str(e).splitlines()[0]
-        try:  # torch.export decomposes what the TorchScript exporter lacks (e.g. adaptive pooling that upsamples)
-            shapes = None if dynamic is None else tuple({0: torch.export.Dim.AUTO} for _ in args)
-            program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=outputs, dynamic_shapes=shapes, verbose=False)
-            return program.model_proto.SerializeToString()
-        except Exception as e:
-            raise ModelError(f"the model cannot be lowered to ONNX for the ort backend ({first}; {str(e).splitlines()[0]}); use backend='torch'") from e
+def tail_weights(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor) -> list[torch.Tensor]:
+    """The weights the tail's graph reads."""
+    module, probe = _tail_module(blocked, clean, fill)
+    read = read_weights(lambda: module(probe))
+    given = {id(fill), *map(id, clean.tensors())}
+    return [w for w in read if id(w) not in given]
+
+
+def lower_tail(blocked: BlockedEngine, clean: CleanImage, fill: torch.Tensor, weights: list[torch.Tensor]) -> tuple[bytes, list[int]]:
+    """The ONNX graph of the blocked engine's tail for any number of positions, and the indices of the
+    `weights` (see `tail_weights`) it holds as external data."""
+    module, probe = _tail_module(blocked, clean, fill)
+    return export_onnx(module, (probe,), ["cut"], ["out"], {"cut": {0: "positions"}, "out": {0: "positions"}}, weights)
 
 
 @dataclass
@@ -305,9 +306,9 @@ class _Session:
     kept: dict[int, dict[str, torch.Tensor]]  # each run's index values over the whole grid, reused for every image
     checked: bool = False  # against the torch engine, on the first run
     cached: bool = False  # read from the disk cache: checked in full when it was built
-    pending: tuple[str, dict[str, bytes]] | None = None  # (cache key, graphs): stored once checked
+    pending: tuple[str, dict[str, bytes], dict[str, Any]] | None = None  # (cache key, graphs, metadata): stored once checked
     build_s: float = 0.0  # seconds its graphs took to build (in an earlier process, where read from the disk cache)
-    graph_bytes: int = 0  # of its serialized graphs: mostly the weights they hold
+    weight_bytes: int = 0  # of the weights its graphs read
 
     def values(self, run: int, blocks: list[torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
         """The graph inputs for one run's positions (`blocks`): the positions themselves, or the index
@@ -366,17 +367,26 @@ class OrtEngine:
         if batch_size not in self.sessions:
             start = time.perf_counter()
             sizes = self._sizes(batch_size)
+            keys, weights = probe_chunk(self.blocked, clean, fill)
+            weights = {"chunk.onnx": weights, "tail.onnx": tail_weights(self.blocked, clean, fill) if self.blocked.tail is not None else []}
             key = self._cache_key(clean, fill, sizes)
             found = self.cache.get("ort", key) if self.cache is not None and key is not None else None
-            parts, keys = (found[0], [_stored_key(k) for k in found[1]["keys"]]) if found else self._build(clean, fill, sizes)
-            session = self._open(parts["chunk.onnx"])
+            used = _stored_weights(found[1], weights) if found else None
+            if used is None:
+                if found and self.cache is not None and key is not None:
+                    self.cache.discard("ort", key)
+                found = None
+                parts, used = self._build(clean, fill, sizes, keys, weights)
+            else:
+                parts = found[0]
+            session = self._open(parts["chunk.onnx"], used["chunk.onnx"], weights["chunk.onnx"])
             positions = self._open(parts["positions.onnx"]) if "positions.onnx" in parts else None
-            tail = self._open(parts["tail.onnx"]) if "tail.onnx" in parts else None
-            pending = (key, parts) if not found and key is not None else None
+            tail = self._open(parts["tail.onnx"], used["tail.onnx"], weights["tail.onnx"]) if "tail.onnx" in parts else None
             build_s = _seconds(found[1].get("build_s")) if found else time.perf_counter() - start
+            pending = (key, parts, {"build_s": build_s, "weights": _weights_meta(used, weights)}) if not found and key is not None else None
             self.sessions[batch_size] = _Session(session, keys, sizes, {i.name for i in session.get_inputs()}, tail, positions, {},
                                                  pending=pending, cached=found is not None, build_s=build_s,
-                                                 graph_bytes=sum(map(len, parts.values())))
+                                                 weight_bytes=sum(w.numel() * w.element_size() for ws in weights.values() for w in ws))
         return self.sessions[batch_size]
 
     def ready(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> bool:
@@ -399,18 +409,21 @@ class OrtEngine:
         return content_key(versions, str(self.providers), self.content, graph_fingerprint(self.program.graph), blocks,
                            sizes, list(clean.image.shape), fill.cpu().contiguous().numpy().tobytes())
 
-    def _build(self, clean: CleanImage, fill: torch.Tensor, sizes: list[int]) -> tuple[dict[str, bytes], list[Key]]:
+    def _build(self, clean: CleanImage, fill: torch.Tensor, sizes: list[int], keys: list[Key],
+               weights: dict[str, list[torch.Tensor]]) -> tuple[dict[str, bytes], dict[str, list[int]]]:
         """The graphs for these run sizes, exported from the torch engine: the chunk graph, the graph
-        computing its index values from positions (where one splits off) and the tail's graph."""
+        computing its index values from positions (where one splits off) and the tail's graph; and the
+        indices of the weights each holds as external data."""
         import onnx  # only to build: onnx takes a second to import
 
         from hyinf.runtime.ort_layout import channels_last_additions
 
-        model, keys = lower(self.blocked, clean, fill, sizes)
+        model, used = lower(self.blocked, clean, fill, sizes, keys, weights["chunk.onnx"])
         parts = self._split(channels_last_additions(onnx.load_from_string(model)), len(sizes))
+        holds = {"chunk.onnx": used, "tail.onnx": []}
         if self.blocked.tail is not None:
-            parts["tail.onnx"] = lower_tail(self.blocked, clean, fill)
-        return parts, keys
+            parts["tail.onnx"], holds["tail.onnx"] = lower_tail(self.blocked, clean, fill, weights["tail.onnx"])
+        return parts, holds
 
     def _split(self, proto: onnx.ModelProto, blocks: int) -> dict[str, bytes]:
         """The graph computing a chunk graph's index values from its positions, and the graph that
@@ -427,8 +440,11 @@ class OrtEngine:
         values = dict(zip(part[1], session.run(part[1], probe)))
         return {"chunk.onnx": without_positions(proto, names, values).SerializeToString(), "positions.onnx": positions}
 
-    def _open(self, model: bytes) -> ort.InferenceSession:
-        return ort.InferenceSession(model, session_options(self.arena), providers=self.providers)
+    def _open(self, model: bytes, used: Sequence[int] = (), weights: Sequence[torch.Tensor] = ()) -> ort.InferenceSession:
+        """A session of `model`, given the weights it holds as external data (indices `used` into `weights`)."""
+        options = session_options(self.arena)
+        add_weights(options, used, weights)
+        return ort.InferenceSession(model, options, providers=self.providers)
 
     def _checked(self, s: _Session, clean: CleanImage, fill: torch.Tensor,
                  runs: Iterator[list[tuple[torch.Tensor, torch.Tensor]]]) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -444,7 +460,7 @@ class OrtEngine:
                     self._check_block(s, clean, fill, b, *blocks[b])
                 s.checked = True
                 if s.pending is not None and self.cache is not None:
-                    self.cache.put("ort", s.pending[0], s.pending[1], {"keys": s.keys, "build_s": s.build_s})
+                    self.cache.put("ort", *s.pending)
                 s.pending = None
             yield blocks
 

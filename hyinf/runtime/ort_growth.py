@@ -1,13 +1,14 @@
 """Which graph an ORT run uses: the plan's blocked graph, or one block of positions until that pays.
 
-Exporting a plan of 9 position blocks to ONNX took 12-22 s in a first process (resnet50, resnet18,
-vgg16 at 224x224, patch 16, stride 8; the TorchScript exporter over about 10,000 nodes), more than
-the positions of an image (5-15 s). A graph of one block (every position with the grid's largest
-windows) took 2.5-17 s to build and ran an image's positions 4-17% slower. A run that would export
-the blocked graph (not built, not in the disk cache) starts with one block and builds the blocked
-graph once the time the one block has lost adds up to what the blocked graph is predicted to take to
-build: at most about twice the better of the two choices, whatever the number of images (a rent-or-buy
-rule; `Growth`).
+Exporting a plan's position blocks to ONNX took 14 s (resnet18, 9 blocks), 12 s (resnet50, 4) and
+8.6 s (vgg16, 9) in a first process at 224x224, patch 16, stride 8 on a 2-core Xeon (the TorchScript
+exporter over thousands of nodes): more than an image's positions (5-15 s). A graph of one block
+(every position with the grid's largest windows) took 1.5-2.0, 3.3-3.8 and 3.5-5.1 s to build and ran
+an image's positions 15%, 4% and 17% slower. So a run that would export the blocked graph (not built,
+not in the disk cache) starts with one block, and builds the blocked graph once the time one block
+has lost adds up to what the blocked graph is predicted to take to build (a rent-or-buy rule,
+`Growth`): whatever the number of images, the extra cost over the better choice in hindsight is at
+most one predicted build.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from hyinf.graph.flops import plan_flops
 from hyinf.runtime.engine import BlockedEngine, Repr
 
-#: Seconds per MiB of a graph's weights that a build spends whatever its blocks (the exporter writes them
-#: into the graph, the position split copies them, ORT pre-packs them): resnet18, resnet50 and vgg16's
-#: one-block and 9-block builds fit 0.032 s per MiB plus a per-block part (Intel Xeon, 2 threads).
-WEIGHT_S_PER_MIB = 0.032
+#: Seconds per MiB of the weights that a build spends whatever its blocks (ORT copies them in and
+#: pre-packs them once): resnet18's, resnet50's and vgg16's one-block and blocked builds fit 0.004,
+#: 0.008 and 0.007 s per MiB plus a part per block (Intel Xeon, 2 threads).
+WEIGHT_S_PER_MIB = 0.006
 
 
 def flops(engine: BlockedEngine) -> float:
@@ -41,15 +42,15 @@ class Growth:
     blocks: int  # of the blocked graph
     saving: float  # the fraction of the one-block graph's positions time the blocked graph saves (by FLOPs)
     build_s: float | None = None  # the one-block graph's build, once it was built
-    graph_bytes: int = 0  # the one-block graph's size
+    weight_bytes: int = 0  # of the weights the graphs read
     lost_s: float = 0.0
 
     @classmethod
     def of(cls, blocked: BlockedEngine, single: BlockedEngine) -> Growth:
         return cls(len(blocked.engines), max(0.0, 1.0 - flops(blocked) / max(flops(single), 1.0)))
 
-    def built(self, seconds: float, graph_bytes: int) -> None:
-        self.build_s, self.graph_bytes = seconds, graph_bytes
+    def built(self, seconds: float, weight_bytes: int) -> None:
+        self.build_s, self.weight_bytes = seconds, weight_bytes
 
     def ran(self, seconds: float) -> None:
         """The one-block graph ran an image's positions in `seconds`."""
@@ -59,7 +60,7 @@ class Growth:
     def blocked_build_s(self) -> float:
         """The blocked graph's predicted build: the weights' part once, the rest once per block."""
         build = self.build_s or 0.0
-        weights = min(build, WEIGHT_S_PER_MIB * self.graph_bytes / 2**20)
+        weights = min(build, WEIGHT_S_PER_MIB * self.weight_bytes / 2**20)
         return weights + (build - weights) * self.blocks
 
     @property
