@@ -96,13 +96,22 @@ def main() -> None:
         image = photo(folder)
         specs = {m: str(export(m.split(":", 1)[1], 224, folder)) if m.startswith("onnx:") else m for m in args.models}
         runs: dict[tuple[str, str, str], list[dict]] = {}
+        total, start = args.rounds * len(specs) * len(args.backends) * 3, time.perf_counter()
+
+        def record(key: tuple[str, str, str], mode: str, run: Path) -> None:
+            runs.setdefault(key, []).append(one_run(specs[key[0]], image, mode, key[1], run))
+            done = sum(map(len, runs.values()))
+            elapsed = time.perf_counter() - start
+            print(f"[{done}/{total}] {' '.join(key)}: {runs[key][-1]['wall']:.1f} s; about {elapsed / done * (total - done) / 60:.0f} min left",
+                  file=sys.stderr, flush=True)
+
         for _ in range(args.rounds):
-            for model, spec in specs.items():
+            for model in specs:
                 for backend in args.backends:
-                    runs.setdefault((model, backend, "naive"), []).append(one_run(spec, image, "naive", backend, Path(tempfile.mkdtemp(dir=folder))))
+                    record((model, backend, "naive"), "naive", Path(tempfile.mkdtemp(dir=folder)))
                     shared = Path(tempfile.mkdtemp(dir=folder))
-                    runs.setdefault((model, backend, "hybrid"), []).append(one_run(spec, image, "hybrid", backend, shared))
-                    runs.setdefault((model, backend, "warm"), []).append(one_run(spec, image, "hybrid", backend, shared))
+                    record((model, backend, "hybrid"), "hybrid", shared)
+                    record((model, backend, "warm"), "hybrid", shared)
     steps = ", ".join(s.removesuffix("_s") for s in STEPS)
     lines = [f"Machine: {machine()}; fresh process per run, {args.rounds} interleaved rounds; seconds, median (range). "
              "Naive and the first hybrid process start with empty caches; the second hybrid process with the first one's.", "",

@@ -152,7 +152,7 @@ def test_older_plans_still_load_and_calibrations_are_checked() -> None:
     (["plan", "demo", "--target-ssim", "0.9", "--calibration-images", "{tmp}/empty"], ["no usable calibration images", "holds no image files"]),
     (["plan", "demo", "--target-ssim", "0.9", "--calibration-images", "{tmp}/junk"], ["no usable calibration images", "not an image"]),
     (["plan", "demo", "--target-ssim", "0.9", "--calibration-images", "{tmp}/one"], ["at least 2 images (got 1)"]),
-    (["explain", "demo", "--target-ssim", "0.9"], ["no calibrated plan is stored", "hyinf plan MODEL --target-ssim 0.9"]),
+    (["explain", "demo", "--target-ssim", "0.9"], ["needs a calibrated plan and there is no plans database", "hyinf plan MODEL --target-ssim 0.9"]),
     (["explain", "demo", "--target-ssim", "-1"], ["--target-ssim must be in (0, 1]"]),
     (["explain", "demo", "--target-ssim", "0.9", "--drill-down", "0.5"], ["takes its settings from a calibrated plan"]),
 ])

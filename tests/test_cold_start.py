@@ -75,3 +75,38 @@ def test_report_names_every_fixed_cost(tmp_path) -> None:
     assert {"trace_s", "verify_s", "compile_s", "plan_s", "positions_s", "total_s"} <= set(report["timings_s"])
     assert report["timings_s"]["plan_s"] <= report["timings_s"]["compile_s"]
     assert report["timings_s"]["total_s"] <= report["process_s"]["explain_s"]
+
+
+def _hyinf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+    from pathlib import Path
+
+    command = [str(Path(sys.executable).parent / "hyinf"), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "HYINF_DAEMON": "0", **(env or {})})
+
+
+def test_a_hyinf_process_leaves_with_its_output_and_exit_code(tmp_path) -> None:
+    """The process ends without the interpreter's teardown; what it printed and wrote, and its exit code, are kept."""
+    version = _hyinf("--version")
+    assert version.returncode == 0 and "hyinf" in version.stdout
+    usage = _hyinf("explain", "--no-such-option")
+    assert usage.returncode == 2 and usage.stderr.count("Error:") == 1
+    missing = _hyinf("explain", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "x"))
+    assert missing.returncode == 1 and missing.stderr.count("Error:") == 1 and "Traceback" not in missing.stderr
+    done = _hyinf("explain", "demo", "--patch", "32", "--stride", "32", "--out", str(tmp_path / "out"), "--quiet",
+                  env={"HYINF_DB": str(tmp_path / "plans.db"), "HYINF_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "report.json").stat().st_size > 0 and (tmp_path / "out" / "heatmap.npy").exists()
+    assert not (tmp_path / "plans.db").exists()  # explaining reads a named database; it never creates one
+
+
+def test_a_named_database_is_read_only_where_it_exists(tmp_path, monkeypatch) -> None:
+    from hyinf.plans_db.location import existing_database
+
+    monkeypatch.delenv("HYINF_DB", raising=False)
+    assert existing_database(str(tmp_path / "none.db")) is None
+    assert existing_database(f"sqlite:///{tmp_path / 'none.db'}") is None
+    (tmp_path / "there.db").write_bytes(b"")
+    assert existing_database(str(tmp_path / "there.db")) == f"sqlite:///{tmp_path / 'there.db'}"
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    assert existing_database(url) == url  # a server's database: its existence is the server's to say

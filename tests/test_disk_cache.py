@@ -18,6 +18,8 @@ from torch import nn
 
 import hyinf
 from hyinf.errors import ModelError
+from hyinf.runtime.onnx_export import weight_fingerprint
+from hyinf.runtime.ort_backend import _stored_weights
 from hyinf.runtime.disk_cache import (
     MANIFEST,
     STALE_S,
@@ -178,3 +180,16 @@ def test_entries_hold_graphs_not_weights_and_other_weights_are_rebuilt(tmp_path:
     third = _ort(model)
     third.explain(image)
     assert [s.cached for s in _sessions(third)] == [True]  # the rebuilt entry replaced the unfit one
+
+
+@pytest.mark.parametrize("stored", [None, "weights", {"chunk.onnx": []}, {"chunk.onnx": "0", "tail.onnx": []},
+                                    {"chunk.onnx": [[5, "x"]], "tail.onnx": []}, {"chunk.onnx": [[-1, "x"]], "tail.onnx": []},
+                                    {"chunk.onnx": [["0", "x"]], "tail.onnx": []}, {"chunk.onnx": [[0]], "tail.onnx": []},
+                                    {"chunk.onnx": [[0, "not the fingerprint"]], "tail.onnx": []}],
+                         ids=["none", "text", "a part missing", "not a list", "out of range", "negative", "text index", "short",
+                              "other weight"])
+def test_weight_lists_that_do_not_fit_are_refused(stored: object) -> None:
+    weights = {"chunk.onnx": [torch.ones(64, 64)], "tail.onnx": []}
+    assert _stored_weights({"weights": stored}, weights) is None
+    good = {"chunk.onnx": [[0, weight_fingerprint(weights["chunk.onnx"][0])]], "tail.onnx": []}
+    assert _stored_weights({"weights": good}, weights) == {"chunk.onnx": [0], "tail.onnx": []}

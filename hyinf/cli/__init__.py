@@ -3,7 +3,10 @@ hyinf's own errors into one line on stderr with a non-zero exit."""
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
 from typing import Any
 
 import click
@@ -18,6 +21,15 @@ class _OneLineErrors(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            self._standalone(args, prog_name, complete_var, **extra)
+        except SystemExit as e:
+            if args is None:  # the `hyinf` process itself, not a caller in Python (tests, the daemon)
+                _leave(e.code)
+            raise
+
+    def _standalone(self, args: Any, prog_name: str | None, complete_var: str | None, **extra: Any) -> None:
+        """Run the command line; always ends in SystemExit."""
         argv = list(sys.argv[1:] if args is None else args)
         if argv[:1] == ["explain"] and "obj" not in extra and not {"--ray", "--help"} & set(argv):
             from hyinf.cli.common import process_age
@@ -37,6 +49,19 @@ class _OneLineErrors(click.Group):
             click.echo(f"Error: {message}{hint}", err=True)
             sys.exit(e.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _leave(code: Any) -> None:
+    """End the process with `code` without the interpreter's teardown of every object it holds (about a
+    second once torch models ran, as long as a small explanation's planning), once output is flushed
+    and exit handlers have run; where another thread still works, or the code is a message, the usual
+    exit follows instead."""
+    if not (code is None or isinstance(code, int)) or any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 @click.group(cls=_OneLineErrors)
