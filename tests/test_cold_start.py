@@ -91,7 +91,10 @@ def test_a_hyinf_process_leaves_with_its_output_and_exit_code(tmp_path) -> None:
     assert version.returncode == 0 and "hyinf" in version.stdout
     usage = _hyinf("explain", "--no-such-option")
     assert usage.returncode == 2 and usage.stderr.count("Error:") == 1
-    missing = _hyinf("explain", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "x"))
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    missing = _hyinf("explain", str(tmp_path / "none.onnx"), str(tmp_path / "a.png"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 1 and missing.stderr.count("Error:") == 1 and "Traceback" not in missing.stderr
     done = _hyinf("explain", "demo", "--patch", "32", "--stride", "32", "--out", str(tmp_path / "out"), "--quiet",
                   env={"HYINF_DB": str(tmp_path / "plans.db"), "HYINF_CACHE_DIR": str(tmp_path / "cache")})
