@@ -68,7 +68,9 @@ from hyinf.runtime.verify import (
 if TYPE_CHECKING:  # ONNX and ONNX Runtime load where a run uses them, not on import
     import onnx
 
+    from hyinf.auto_backend import AutoBackend, OrtOutlook
     from hyinf.graph.onnx_frontend import OnnxModel
+    from hyinf.planner.select import BackendChoice
     from hyinf.runtime.ort_backend import OrtEngine
 
 #: Most images whose positions share chunks in `explain_batch`: each holds its clean activations.
@@ -127,7 +129,7 @@ class Explainer:
         mode: str = "hybrid",
         plan: Plan | PlanDocument | None = None,
         db: str | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         device: str | torch.device = "cpu",
         output: str = "raw",
         batch_size: int | None = None,
@@ -169,7 +171,8 @@ class Explainer:
         self.calibration: Calibration | None = None  # set on the Explainers a target chose settings for
         self._calibrated: dict[tuple[int, ...], Explainer] = {}
         self.backend_reason: str | None = None  # why `auto` chose this Explainer's backend
-        self._backends: dict[tuple[int, ...], Explainer] = {}  # backend auto: the Explainer each image size runs on
+        self._auto: dict[tuple[int, ...], AutoBackend] = {}  # backend auto: the choice for each image size
+        self._backends: dict[tuple[tuple[int, ...], str], Explainer] = {}  # backend auto: per size, an Explainer per backend
         self._programs: ModelCache[TorchProgram] = ModelCache(2)  # by image shape: tracing vgg16 took 0.75-1.9 s
         self._engines: Kept[BlockedEngine] = Kept(4)  # a drill-down uses two: its coarse and its fine grid
         self._ort: ModelCache[OrtEngine] = ModelCache(4)
@@ -227,8 +230,12 @@ class Explainer:
         batches = [as_batch(image).to(self.device) for image in images]
         if self.target_ssim is not None:  # each size's calibrated settings, found once
             return self._delegate(images, wanted, [self._for_target(batch) for batch in batches])
-        if self.backend == "auto":  # each size's backend, chosen once
-            return self._delegate(images, wanted, [self._for_backend(batch) for batch in batches])
+        if self.backend == "auto":  # each size's backend, chosen for the images of this call
+            sizes: dict[tuple[int, ...], list[torch.Tensor]] = {}
+            for batch in batches:
+                sizes.setdefault(tuple(batch.shape), []).append(batch)
+            runners = {shape: self._for_backend(group[0], len(group)) for shape, group in sizes.items()}
+            return self._delegate(images, wanted, [runners[tuple(batch.shape)] for batch in batches])
         if self.mode == "naive" or self.backend == "ort" or self.drill_down < 1:
             # One image per pass: ORT sessions are built for one image, and a drill-down's fine positions differ per image.
             return [self._one(image, target) for image, target in zip(images, wanted, strict=True)]
@@ -257,33 +264,77 @@ class Explainer:
             found.update(zip(members, runner.explain_batch([images[i] for i in members], [targets[i] for i in members]), strict=True))
         return [found[i] for i in range(len(images))]
 
-    def _for_backend(self, batch: torch.Tensor) -> Explainer:
-        """This Explainer on the backend `auto` picks for images of this size: the choice `hyinf plan --backend
-        auto` stored, else the backend whose cost model predicts its best plan faster; torch for naive
-        re-inference (no plan to compare) and where ONNX Runtime cannot run on the device."""
-        shape = tuple(batch.shape)
-        if shape not in self._backends:
-            from hyinf.planner.select import BackendChoice, choose_backend, stored_backend_choice
-            from hyinf.plans_db import Database
-            from hyinf.plans_db.location import existing_database
-            from hyinf.profiler.machine import fingerprint
+    def _for_backend(self, batch: torch.Tensor, images: int) -> Explainer:
+        """This Explainer on the backend `auto` picks for the next `images` images of this size: the backend
+        whose best plan is predicted faster (the choice `hyinf plan --backend auto` stored, else predicted
+        now) once its saving pays for what ORT has left to build (`hyinf.auto_backend`); torch for naive
+        re-inference (no plan to compare), TF32 and CUDA graphs, and where ORT cannot run on the device."""
+        from hyinf.auto_backend import AutoBackend
 
-            if self.mode == "naive":
-                choice = BackendChoice("torch", {}, "torch: naive re-inference has no plan whose costs the backends could compare")
-            elif self.device.type == "cuda" and not _ort_cuda():
-                choice = BackendChoice("torch", {}, "torch: ONNX Runtime has no CUDA provider here (pip install onnxruntime-gpu)")
-            else:
-                model, identity, _ = self._resolve(batch)
-                graph, grid, fp = self._traced(model, identity, shape).graph, self._grid(batch), fingerprint(self.device)
-                url = existing_database(self.db)
-                with contextlib.ExitStack() as stack:
-                    db = stack.enter_context(Database(url)) if url is not None else None
-                    stored = stored_backend_choice(graph, grid, fp, db) if self.mode == "hybrid" else None
-                    choice = stored or choose_backend(graph, grid, fp, db, ALTERNATIVES[self.mode])
+        shape = tuple(batch.shape)
+        if shape not in self._auto:
+            self._auto[shape] = AutoBackend(self._backend_choice(batch))
+        auto = self._auto[shape]
+        outlook = None
+        if auto.choice.backend == "ort" and auto.choice.predicted_s:  # a prediction to weigh the build against
+            outlook = self._runner(shape, "ort")._ort_outlook(batch, auto.choice.predicted_s["torch"])
+        backend, reason = auto.pick(images, outlook)
+        runner = self._runner(shape, backend)
+        runner.backend_reason = reason
+        return runner
+
+    def _runner(self, shape: tuple[int, ...], backend: str) -> Explainer:
+        """This Explainer on `backend` for images of `shape`, sharing its programs, engines and imports."""
+        if (shape, backend) not in self._backends:
             runner = copy.copy(self)
-            runner.backend, runner.backend_reason = choice.backend, choice.reason
-            self._backends[shape] = runner
-        return self._backends[shape]
+            runner.backend = backend
+            self._backends[shape, backend] = runner
+        return self._backends[shape, backend]
+
+    def _backend_choice(self, batch: torch.Tensor) -> BackendChoice:
+        from hyinf.planner.select import BackendChoice, choose_backend, stored_backend_choice
+        from hyinf.plans_db import Database
+        from hyinf.plans_db.location import existing_database
+        from hyinf.profiler.machine import fingerprint
+
+        if self.mode == "naive":
+            return BackendChoice("torch", {}, "torch: naive re-inference has no plan whose costs the backends could compare")
+        if isinstance(self.plan, PlanDocument):
+            backend = str(self.plan.settings.get("backend", "torch"))
+            return BackendChoice(backend, {}, f"{backend}: the backend the given plan was made for")
+        if self.precision == "tf32" or self.cuda_graphs:
+            return BackendChoice("torch", {}, "torch: TF32 and CUDA graphs are the torch backend's")
+        if self.device.type == "cuda" and not _ort_cuda():
+            return BackendChoice("torch", {}, "torch: ONNX Runtime has no CUDA provider here (pip install onnxruntime-gpu)")
+        model, identity, imported = self._resolve(batch)
+        if imported is None:  # before tracing; an ONNX import was checked against memory before it ran anything
+            check_work(model, tuple(batch.shape), self.device, len(self._grid(batch)), self.progress)
+        graph, grid, fp = self._traced(model, identity, tuple(batch.shape)).graph, self._grid(batch), fingerprint(self.device)
+        url = existing_database(self.db)
+        with contextlib.ExitStack() as stack:
+            db = stack.enter_context(Database(url)) if url is not None else None
+            stored = stored_backend_choice(graph, grid, fp, db) if self.mode == "hybrid" else None
+            return stored or choose_backend(graph, grid, fp, db, ALTERNATIVES[self.mode])
+
+    def _ort_outlook(self, batch: torch.Tensor, torch_s: float) -> OrtOutlook:
+        """What this (ORT) Explainer has left to pay before its positions for images like `batch`, predicted
+        from the state of its sessions and the disk cache (`torch_s`: torch's predicted positions seconds)."""
+        from hyinf.auto_backend import OrtOutlook
+        from hyinf.runtime.onnx_export import weight_bytes
+        from hyinf.runtime.ort_growth import open_s, predicted_build_s
+
+        model, identity, _ = self._resolve(batch)
+        program, grid, fill = self._traced(model, identity, tuple(batch.shape)), self._grid(batch), self._fill(batch)
+        blocked, source = self._engine(program, grid, self.mode, self.plan)
+        engine, ort_engine, size, growth = self._ort_engine(program, identity, batch, grid, blocked, source, fill,
+                                                            self._chunk_size(blocked, batch, grid))
+        factor = 1 / max(1 - growth.saving, 1e-9) if growth is not None else 1.0
+        if size in ort_engine.sessions:
+            return OrtOutlook(0.0, factor, "build nothing")
+        weights = weight_bytes(model)
+        if ort_engine.ready(tuple(batch.shape), fill, size):
+            return OrtOutlook(open_s(weights), factor, "open its cached graphs")
+        return OrtOutlook(predicted_build_s(weights, len(program.graph.nodes), torch_s, len(engine.engines)), factor, "build its graphs")
 
     def _for_target(self, batch: torch.Tensor) -> Explainer:
         """This Explainer with the settings and plan of the stored calibration that meets `target_ssim`
@@ -337,6 +388,10 @@ class Explainer:
         return _compile(program, grid, mode, plan, db=self.db, backend=self.backend, registry=self.registry, kept=self._engines,
                         groups_per_axis=groups_per_axis)
 
+    def _chunk_size(self, engine: BlockedEngine, batch: torch.Tensor, grid: OcclusionGrid) -> int:
+        """Positions per chunk for `engine` over `grid` for the images of `batch`."""
+        return batch_size_for(bytes_per_position(engine), batch.shape[0] * len(grid), self.max_memory, self.batch_size, batch.device)
+
     def _fill(self, batch: torch.Tensor) -> torch.Tensor:
         return patch_fill(self.patch_value, batch.shape[1], self.device, batch.dtype)
 
@@ -370,7 +425,7 @@ class Explainer:
         else:
             engine, plan_source = self._engine(program, grid, self.mode, plan)
         costs = {"plan_s": time.perf_counter() - start}  # choosing or making the plan, and the engine's windows
-        size = batch_size_for(bytes_per_position(engine), batch.shape[0] * len(grid), self.max_memory, self.batch_size, batch.device)
+        size = self._chunk_size(engine, batch, grid)
         clean = CleanImage(program, batch)
         runner: BlockedEngine | OrtEngine | GraphedEngine = engine
         if self.cuda_graphs:  # captured on the first chunks of each shape, replayed for every later one
@@ -380,7 +435,7 @@ class Explainer:
         growth, note = None, ""
         if self.backend == "ort":
             blocks = len(engine.engines)
-            engine, ort_engine, size, growth = self._ort_engine(program, identity, batch, grid, engine, plan_source, clean, fill, size)
+            engine, ort_engine, size, growth = self._ort_engine(program, identity, batch, grid, engine, plan_source, fill, size)
             runner = ort_engine
             building = time.perf_counter()
             session = ort_engine.session(clean, fill, size)  # built (or read from the disk cache) now, so compile_s holds it
@@ -398,20 +453,20 @@ class Explainer:
         return _Pass(clean.output, chunks, size, mode, engine.node_modes, plan_source, costs)
 
     def _ort_engine(self, program: TorchProgram, identity: nn.Module | str, batch: torch.Tensor, grid: OcclusionGrid,
-                    blocked: BlockedEngine, plan_source: str | None, clean: CleanImage, fill: torch.Tensor,
+                    blocked: BlockedEngine, plan_source: str | None, fill: torch.Tensor,
                     size: int) -> tuple[BlockedEngine, OrtEngine, int, Growth | None]:
         """The blocked engine an ORT run evaluates, its ORT engine and chunk size, and the `Growth` that
         chose it: the plan's blocks where their graph is built or in the disk cache, where the plan was
         given, stored or fetched, and once one block has lost what building them costs; else one block."""
         settings = (tuple(batch.shape), grid, self.mode, _plan_key(blocked), str(batch.device), size)
         ort_engine = self._ort.get(identity, settings, lambda: _ort_engine(blocked, identity))
-        if plan_source not in (None, "planned") or len(blocked.engines) == 1 or ort_engine.ready(clean, fill, size):
+        if plan_source not in (None, "planned") or len(blocked.engines) == 1 or ort_engine.ready(tuple(batch.shape), fill, size):
             return blocked, ort_engine, size, None
         single, _ = self._engine(program, grid, self.mode, None, groups_per_axis=1)
         growth = self._growth.get(identity, settings, lambda: Growth.of(blocked, single))
         if growth.grown:
             return blocked, ort_engine, size, None
-        size = batch_size_for(bytes_per_position(single), batch.shape[0] * len(grid), self.max_memory, self.batch_size, batch.device)
+        size = self._chunk_size(single, batch, grid)
         single_settings = (tuple(batch.shape), grid, self.mode, _plan_key(single), str(batch.device), size)
         return single, self._ort.get(identity, single_settings, lambda: _ort_engine(single, identity)), size, growth
 

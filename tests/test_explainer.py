@@ -42,7 +42,7 @@ def test_groups_share_chunks_and_equal_one_by_one() -> None:
     seeded(1)
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     images = [torch.rand(3, 32, 32) for _ in range(4)]
-    explainer = hyinf.Explainer(model, patch=8, stride=4, batch_size=512)
+    explainer = hyinf.Explainer(model, patch=8, stride=4, batch_size=512, backend="torch")  # torch groups images
     assert explainer._group_size(images[0][None], len(images)) == len(images)  # 49 positions: all four fit one chunk
     batched = explainer.explain_batch(images)
     for image, result in zip(images, batched, strict=True):

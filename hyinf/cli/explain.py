@@ -38,9 +38,10 @@ RESULT_FILES = ("heatmap.npy", "attribution.npy", "overlay.png", "report.json")
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--output", "score", type=click.Choice(OUTPUTS), default="raw", show_default=True, help="Score raw outputs or softmax probabilities.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="torch: PyTorch; ort: ONNX Runtime (the plan lowered to one ONNX graph, built once per model and settings); "
-                   "auto: the one `hyinf plan --backend auto` chose, else the one the cost models predict faster.")
+                   "auto: the one `hyinf plan --backend auto` chose, else the one the cost models predict faster, once its "
+                   "saving repays what it has to build (torch where a backend was never profiled).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
               help="float32: exact; tf32: a CUDA GPU's tensor-core arithmetic (faster, approximate: report.json gives "
                    "the clean output's distance from float32).")

@@ -22,6 +22,7 @@ from hyinf.errors import HyinfError, PlanError, PlanWarning
 from hyinf.graph.fingerprint import graph_fingerprint
 from hyinf.graph.geometry import Change, OcclusionGrid, changed_regions
 from hyinf.graph.ir import Graph
+from hyinf.modes import BACKENDS
 from hyinf.planner.blocks import BlockPlan
 from hyinf.planner.plan import Mode, Plan
 from hyinf.planner.quality_target import Calibration
@@ -272,8 +273,9 @@ def _check_shape(body: dict[str, Any]) -> None:
         choice = body["backend_choice"]
         if choice.get("backend") != body["settings"].get("backend", "torch") or not isinstance(choice.get("reason"), str):
             raise ValueError("backend_choice must name the plan's backend and give a reason")
-        if not isinstance(choice["predicted_s"], dict) or not all(_number(v) for v in choice["predicted_s"].values()):
-            raise ValueError("backend_choice.predicted_s must map backends to seconds")
+        predicted = choice["predicted_s"]
+        if not isinstance(predicted, dict) or set(predicted) not in (set(), set(BACKENDS)) or not all(map(_number, predicted.values())):
+            raise ValueError(f"backend_choice.predicted_s must map each of {', '.join(BACKENDS)} to seconds, or be empty")
     device = body["device"]
     for key, field in DeviceFingerprint.__dataclass_fields__.items():
         kind = int if field.type in (int, "int") else str

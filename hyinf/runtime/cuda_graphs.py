@@ -29,7 +29,7 @@ WARMUP = 2  # eager runs on a side stream before a capture, as CUDA graphs requi
 
 def check_cuda_graphs(enabled: bool, device: torch.device, backend: str, mode: str) -> bool:
     """CUDA graphs where they apply, else one line saying what they need."""
-    if enabled and (device.type != "cuda" or backend != "torch" or mode == "naive"):
+    if enabled and (device.type != "cuda" or backend == "ort" or mode == "naive"):  # `auto` runs torch then
         raise SettingsError("CUDA graphs replay hyinf's engine on a CUDA GPU: they need device cuda, backend torch and a "
                             f"mode other than naive (got device {device}, backend {backend}, mode {mode})")
     return enabled

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -58,6 +59,12 @@ def read_weights(run: Callable[[], Any]) -> list[torch.Tensor]:
     with _Reads() as reads:
         run()
     return [t for t in reads.read.values() if t.is_floating_point() and t.numel() >= WEIGHT_ELEMENTS]
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of the tensors of `module` a graph would hold as weights (floating, of WEIGHT_ELEMENTS or more)."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if t.is_floating_point() and t.numel() >= WEIGHT_ELEMENTS)
 
 
 def weight_name(k: int) -> str:

@@ -369,7 +369,7 @@ class OrtEngine:
             sizes = self._sizes(batch_size)
             keys, weights = probe_chunk(self.blocked, clean, fill)
             weights = {"chunk.onnx": weights, "tail.onnx": tail_weights(self.blocked, clean, fill) if self.blocked.tail is not None else []}
-            key = self._cache_key(clean, fill, sizes)
+            key = self._cache_key(tuple(clean.image.shape), fill, sizes)
             found = self.cache.get("ort", key) if self.cache is not None and key is not None else None
             used = _stored_weights(found[1], weights) if found else None
             if used is None:
@@ -389,17 +389,18 @@ class OrtEngine:
                                                  weight_bytes=sum(w.numel() * w.element_size() for ws in weights.values() for w in ws))
         return self.sessions[batch_size]
 
-    def ready(self, clean: CleanImage, fill: torch.Tensor, batch_size: int) -> bool:
-        """Whether the session for `batch_size` is built, or its graphs are in the disk cache: nothing to export."""
+    def ready(self, shape: tuple[int, ...], fill: torch.Tensor, batch_size: int) -> bool:
+        """Whether the session for `batch_size` and images of `shape` is built, or its graphs are in the disk
+        cache: nothing to export."""
         if batch_size in self.sessions:
             return True
-        key = self._cache_key(clean, fill, self._sizes(batch_size))
+        key = self._cache_key(shape, fill, self._sizes(batch_size))
         return self.cache is not None and key is not None and self.cache.has("ort", key)
 
     def _sizes(self, batch_size: int) -> list[int]:
         return run_sizes([len(e.grid) for e in self.blocked.engines], batch_size)[1]
 
-    def _cache_key(self, clean: CleanImage, fill: torch.Tensor, sizes: list[int]) -> str | None:
+    def _cache_key(self, shape: tuple[int, ...], fill: torch.Tensor, sizes: list[int]) -> str | None:
         """What the graphs for these run sizes are built from, as a cache key: the model's content and
         structure, every block's grid and evaluation, the image's shape, the fill, the versions."""
         if self.content is None:
@@ -407,7 +408,7 @@ class OrtEngine:
         blocks = [(repr(e.grid), sorted((n, r.value) for n, r in e.repr.items())) for e in self.blocked.engines]
         versions = (hyinf_version, torch.__version__, ort.__version__, importlib.metadata.version("onnx"), OPSET)
         return content_key(versions, str(self.providers), self.content, graph_fingerprint(self.program.graph), blocks,
-                           sizes, list(clean.image.shape), fill.cpu().contiguous().numpy().tobytes())
+                           sizes, list(shape), fill.cpu().contiguous().numpy().tobytes())
 
     def _build(self, clean: CleanImage, fill: torch.Tensor, sizes: list[int], keys: list[Key],
                weights: dict[str, list[torch.Tensor]]) -> tuple[dict[str, bytes], dict[str, list[int]]]:

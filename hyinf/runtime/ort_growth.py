@@ -22,6 +22,25 @@ from hyinf.runtime.engine import BlockedEngine, Repr
 #: pre-packs them once): resnet18's, resnet50's and vgg16's one-block and blocked builds fit 0.004,
 #: 0.008 and 0.007 s per MiB plus a part per block (Intel Xeon, 2 threads).
 WEIGHT_S_PER_MIB = 0.006
+#: A build's seconds besides the weights' (the exporter, ORT's graph optimisation, the traced run of real
+#: positions), per block of positions: a fixed part, a part per node of the model and a share of the torch
+#: engine's seconds for one image's positions. Fitted to the one-block builds of resnet18, resnet50, vgg16,
+#: mobilenet_v3_large, efficientnet_b0, densenet121 and squeezenet1_1 at 224x224, patch 16, stride 8 on an
+#: Intel Xeon (2 threads): within 1.5 s of each (docs/ort.md, "Choosing the backend").
+BUILD_S, BUILD_S_PER_NODE, BUILD_TRACE_SHARE = 0.2, 0.006, 0.2
+
+
+def open_s(weight_bytes: int) -> float:
+    """Predicted seconds to open graphs already built (read from the disk cache): ORT copies in and
+    pre-packs the weights."""
+    return WEIGHT_S_PER_MIB * weight_bytes / 2**20
+
+
+def predicted_build_s(weight_bytes: int, nodes: int, torch_positions_s: float, blocks: int = 1) -> float:
+    """Predicted seconds to build the graphs of `blocks` blocks of positions for a model of `nodes` nodes whose
+    weights take `weight_bytes` and whose positions the torch engine evaluates in `torch_positions_s`: the
+    weights' part once, the rest once per block (as `Growth.blocked_build_s`)."""
+    return open_s(weight_bytes) + (BUILD_S + BUILD_S_PER_NODE * nodes + BUILD_TRACE_SHARE * torch_positions_s) * blocks
 
 
 def flops(engine: BlockedEngine) -> float:
@@ -60,7 +79,7 @@ class Growth:
     def blocked_build_s(self) -> float:
         """The blocked graph's predicted build: the weights' part once, the rest once per block."""
         build = self.build_s or 0.0
-        weights = min(build, WEIGHT_S_PER_MIB * self.weight_bytes / 2**20)
+        weights = min(build, open_s(self.weight_bytes))
         return weights + (build - weights) * self.blocks
 
     @property

@@ -24,7 +24,7 @@ def check_precision(precision: object, device: torch.device, backend: str) -> st
     if precision == "tf32" and device.type != "cuda":
         raise SettingsError("precision tf32 is a CUDA GPU's tensor-core arithmetic; on a CPU hyinf computes in float32: "
                             "leave out --precision")
-    if precision == "tf32" and backend != "torch":
+    if precision == "tf32" and backend == "ort":  # `auto` runs torch then
         raise SettingsError(f"precision tf32 runs on the torch backend, not {backend}; use --backend torch")
     return str(precision)
 
