@@ -35,7 +35,7 @@ from engine_speed import machine, report
 from ort_speed import export
 from PIL import Image
 
-STEPS = ("startup_s", "imports_s", "model_load_s", "image_s", "trace_s", "verify_s", "compile_s", "positions_s", "write_s")
+STEPS = ("startup_s", "imports_s", "model_load_s", "image_s", "choose_s", "trace_s", "verify_s", "compile_s", "positions_s", "write_s")
 
 
 def environment(run: Path, daemon: Path | None = None, profiled: Path | None = None) -> dict[str, str]:

@@ -234,8 +234,15 @@ class Explainer:
             sizes: dict[tuple[int, ...], list[torch.Tensor]] = {}
             for batch in batches:
                 sizes.setdefault(tuple(batch.shape), []).append(batch)
-            runners = {shape: self._for_backend(group[0], len(group)) for shape, group in sizes.items()}
-            return self._delegate(images, wanted, [runners[tuple(batch.shape)] for batch in batches])
+            runners, choosing = {}, {}  # choosing: each image's share of the seconds its size's choice took
+            for shape, group in sizes.items():
+                start = time.perf_counter()
+                runners[shape] = self._for_backend(group[0], len(group))
+                choosing[shape] = (time.perf_counter() - start) / len(group)
+            results = self._delegate(images, wanted, [runners[tuple(batch.shape)] for batch in batches])
+            return [replace(r, timings={**r.timings, "choose_s": choosing[tuple(b.shape)],
+                                        "total_s": r.timings.get("total_s", 0.0) + choosing[tuple(b.shape)]})
+                    for r, b in zip(results, batches, strict=True)]
         if self.mode == "naive" or self.backend == "ort" or self.drill_down < 1:
             # One image per pass: ORT sessions are built for one image, and a drill-down's fine positions differ per image.
             return [self._one(image, target) for image, target in zip(images, wanted, strict=True)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,4 +98,18 @@ def test_auto_is_the_default_and_a_given_plan_runs_on_its_backend(tmp_path: Path
     assert given.backend == "ort" and given.backend_reason == "ort: the backend the given plan was made for"
     plain = hyinf.Explainer(model, patch=6, stride=4, db=str(tmp_path / "none.db")).explain(image)
     assert plain.backend == "torch" and "never profiled" in plain.backend_reason
+    assert 0 < plain.timings["choose_s"] < plain.timings["total_s"]  # tracing for the choice is counted
     assert_close_to(plain.heatmap, given.heatmap, "a given ORT plan under auto")
+
+
+def test_the_cli_chooses_by_default_and_says_why(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hyinf.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["explain", "demo", "--out", str(out), "--db", str(tmp_path / "p.db")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["backend"] == "torch" and report["backend_choice"]["asked"] == "auto"
+    assert "never profiled" in report["backend_choice"]["reason"]

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from sklearn.tree import DecisionTreeRegressor
 
-from hyinf.profiler.cost_model import Accuracy, AnalyticCosts, LearnedCosts, Ranking, _Tree, predict_samples, ranking_agreement, split
+from hyinf.profiler.cost_model import (
+    Accuracy, AnalyticCosts, LearnedCosts, Ranking, _Forest, _Tree, predict_samples, ranking_agreement, split,
+)
 from hyinf.profiler.sample import Sample
 from hyinf.profiler.timing import Timing
 
@@ -70,10 +72,33 @@ def test_tree_arrays_predict_like_scikit_learn() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 6))
     y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
-    t = DecisionTreeRegressor(max_depth=7, random_state=0).fit(x, y).tree_
-    tree = _Tree(t.children_left, t.children_right, t.feature, t.threshold, t.value[:, 0, 0])
+    fitted = [DecisionTreeRegressor(max_depth=depth, random_state=0).fit(x, y).tree_ for depth in (1, 4, 7)]
+    forest = _Forest.of([_Tree(t.children_left, t.children_right, t.feature, t.threshold, t.value[:, 0, 0]) for t in fitted], 6)
     probe = rng.normal(size=(300, 6))
-    np.testing.assert_allclose(tree.predict(probe.astype(np.float32).astype(np.float64)), t.predict(probe.astype(np.float32))[:, 0])
+    expected = np.stack([t.predict(probe.astype(np.float32))[:, 0] for t in fitted])
+    np.testing.assert_allclose(forest.predict(probe.astype(np.float32).astype(np.float64)), expected)
+
+
+@pytest.mark.parametrize("damage", ["loop", "backwards", "outside", "feature", "half_leaf", "short"])
+def test_a_damaged_stored_tree_is_refused_not_walked(damage: str) -> None:
+    """A stored model's trees come from the database: one whose walk could loop or read out of range is refused."""
+    t = DecisionTreeRegressor(max_depth=3, random_state=0).fit(np.eye(6), np.arange(6.0)).tree_
+    arrays = [t.children_left.copy(), t.children_right.copy(), t.feature.copy(), t.threshold.copy(), t.value[:, 0, 0].copy()]
+    left, right, feature = arrays[0], arrays[1], arrays[2]
+    if damage == "loop":
+        left[0] = 0
+    elif damage == "backwards":
+        right[1 if left[1] >= 0 else 0] = 0
+    elif damage == "outside":
+        right[0] = len(left)
+    elif damage == "feature":
+        feature[0] = 6
+    elif damage == "half_leaf":
+        right[np.flatnonzero(left < 0)[0]] = 1
+    else:
+        arrays[3] = arrays[3][:-1]
+    with pytest.raises(ValueError, match="stored tree"):
+        _Forest.of([_Tree(*arrays)], 6)
 
 
 def test_ranking_agreement_counts_nodes() -> None:

@@ -170,7 +170,7 @@ class Worker:
             "positions": list(result.grid.shape),
             "mode": result.mode,
             "plan_source": result.plan_source,  # given, local, registry or planned; null where the mode needs no plan
-            "timings_s": result.timings,  # inside the Explainer: trace, verify, compile (plan, engine, sessions), positions
+            "timings_s": result.timings,  # inside the Explainer: choose (auto's backend), trace, verify, compile, positions
             "node_modes": result.node_modes,
             "run": self.run,
         }
