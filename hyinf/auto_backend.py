@@ -7,7 +7,9 @@ nothing once this process built them. Torch only traces, as ORT does too. So whe
 faster, auto runs it once what it saves pays for what it has left to build: at once where the images of
 this call alone pay, else once the images torch ran meanwhile would have (a rent-or-buy rule, as
 `hyinf.runtime.ort_growth` applies to ORT's blocks of positions): whatever the number of images, the
-extra cost over the better choice in hindsight is at most one predicted build.
+extra cost over the better choice in hindsight is at most one predicted build. What ORT would have
+saved is kept in the disk cache per model structure and settings, so a user explaining one image per
+process also switches once the processes together would have repaid the build.
 """
 
 from __future__ import annotations
@@ -16,6 +18,29 @@ import math
 from dataclasses import dataclass
 
 from hyinf.planner.select import BackendChoice
+from hyinf.runtime.disk_cache import DiskCache
+
+KIND = "auto"  # the disk cache's folder for what ORT would have saved
+
+
+@dataclass(frozen=True)
+class StoredSaving:
+    """What ORT would have saved on the images torch ran for one model structure and settings, kept in
+    the disk cache (`key`) across processes."""
+
+    cache: DiskCache | None
+    key: str
+
+    def load(self) -> float:
+        found = self.cache.get(KIND, self.key) if self.cache is not None else None
+        value = found[1].get("saved_s") if found is not None else None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        return float(value) if ok else 0.0  # type: ignore[arg-type]
+
+    def store(self, seconds: float) -> None:
+        if self.cache is not None:
+            self.cache.discard(KIND, self.key)  # entries are written once: replaced, not rewritten
+            self.cache.put(KIND, self.key, {}, {"saved_s": seconds})
 
 
 @dataclass(frozen=True)
@@ -33,6 +58,7 @@ class AutoBackend:
 
     choice: BackendChoice
     saved_s: float = 0.0  # what ORT would have saved on the images torch ran while its build had not paid
+    stored: StoredSaving | None = None  # where `saved_s` is kept across processes
 
     def pick(self, images: int, outlook: OrtOutlook | None) -> tuple[str, str]:
         """The backend for the next `images` images, and why. `outlook`: ORT's, where it is predicted faster.
@@ -52,6 +78,8 @@ class AutoBackend:
                            f"{outlook.what} (predicted {outlook.build_s:.1f} s) over {these}"
                            f"{' and the earlier ones' if self.saved_s else ''}")
         self.saved_s += images * saving
+        if self.stored is not None:
+            self.stored.store(self.saved_s)
         left = math.ceil(max(outlook.build_s - self.saved_s, 0.0) / saving)
         return "torch", (f"torch until ORT pays for itself: ORT is predicted {saving:.2f} s an image faster "
                          f"({ort_s:.2f} s against {torch_s:.2f} s) but would first {outlook.what} (predicted "

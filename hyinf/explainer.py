@@ -68,7 +68,7 @@ from hyinf.runtime.verify import (
 if TYPE_CHECKING:  # ONNX and ONNX Runtime load where a run uses them, not on import
     import onnx
 
-    from hyinf.auto_backend import AutoBackend, OrtOutlook
+    from hyinf.auto_backend import AutoBackend, OrtOutlook, StoredSaving
     from hyinf.graph.onnx_frontend import OnnxModel
     from hyinf.planner.select import BackendChoice
     from hyinf.runtime.ort_backend import OrtEngine
@@ -280,7 +280,9 @@ class Explainer:
 
         shape = tuple(batch.shape)
         if shape not in self._auto:
-            self._auto[shape] = AutoBackend(self._backend_choice(batch))
+            choice = self._backend_choice(batch)
+            stored = self._stored_saving(batch) if choice.backend == "ort" and choice.predicted_s else None
+            self._auto[shape] = AutoBackend(choice, stored.load() if stored is not None else 0.0, stored)
         auto = self._auto[shape]
         outlook = None
         if auto.choice.backend == "ort" and auto.choice.predicted_s:  # a prediction to weigh the build against
@@ -289,6 +291,18 @@ class Explainer:
         runner = self._runner(shape, backend)
         runner.backend_reason = reason
         return runner
+
+    def _stored_saving(self, batch: torch.Tensor) -> StoredSaving:
+        """Where what ORT would have saved on images like `batch` is kept: per model structure and settings."""
+        from hyinf import __version__ as hyinf_version
+        from hyinf.auto_backend import StoredSaving
+        from hyinf.graph.fingerprint import graph_fingerprint
+        from hyinf.runtime.disk_cache import DiskCache, content_key
+
+        model, identity, _ = self._resolve(batch)
+        graph = self._traced(model, identity, tuple(batch.shape)).graph
+        key = content_key(hyinf_version, graph_fingerprint(graph), repr(self._grid(batch)), self.mode, str(self.device))
+        return StoredSaving(DiskCache.default(), key)
 
     def _runner(self, shape: tuple[int, ...], backend: str) -> Explainer:
         """This Explainer on `backend` for images of `shape`, sharing its programs, engines and imports."""

@@ -80,7 +80,10 @@ def test_auto_runs_torch_until_ort_pays_then_ort_exactly(tmp_path: Path, monkeyp
     first = explainer.explain(image, naive.target)
     assert first.backend == "torch" and f"predicted {build:.1f} s" in first.backend_reason
     assert_close_to(naive.heatmap, first.heatmap, "auto before ORT pays")
-    images = int(build / 0.1)  # with the first image's saving, enough to repay the build
+    # What ORT would have saved is kept across processes (in the disk cache): a new Explainer goes on from it.
+    other = hyinf.Explainer(model, patch=6, stride=4, backend="auto", db=url)
+    assert other.explain(image).backend == "torch" and other._auto[(1, 3, 32, 32)].saved_s == pytest.approx(0.2)
+    images = int(build / 0.1)  # with its first image's saving, enough to repay the build
     runs = explainer.explain_batch([image] * images, [naive.target] * images)
     assert {r.backend for r in runs} == {"ort"} and "and the earlier ones" in runs[0].backend_reason
     assert_close_to(naive.heatmap, runs[-1].heatmap, "auto once ORT paid")
@@ -113,3 +116,19 @@ def test_the_cli_chooses_by_default_and_says_why(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["backend"] == "torch" and report["backend_choice"]["asked"] == "auto"
     assert "never profiled" in report["backend_choice"]["reason"]
+
+
+def test_the_stored_saving_survives_processes_and_bad_values_read_as_none(tmp_path: Path) -> None:
+    from hyinf.auto_backend import KIND, StoredSaving
+    from hyinf.runtime.disk_cache import DiskCache
+
+    cache = DiskCache(tmp_path, 1 << 20)
+    stored = StoredSaving(cache, "k")
+    auto = AutoBackend(ORT_FASTER, stored.load(), stored)
+    assert auto.saved_s == 0.0 and auto.pick(1, OrtOutlook(2.5, 1.0, "build its graphs"))[0] == "torch"
+    assert StoredSaving(cache, "k").load() == 1.0 and AutoBackend(ORT_FASTER, 1.0).pick(2, OrtOutlook(2.5, 1.0, "x"))[0] == "ort"
+    for bad in (-1.0, float("nan"), "3", True, None):
+        cache.discard(KIND, "k")
+        cache.put(KIND, "k", {}, {"saved_s": bad})
+        assert StoredSaving(cache, "k").load() == 0.0
+    assert StoredSaving(None, "k").load() == 0.0
