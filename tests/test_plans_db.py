@@ -209,3 +209,16 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_head_is_the_migrations_head_and_an_up_to_date_database_opens_without_alembic(tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from hyinf.plans_db.store import HEAD
+
+    assert HEAD == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    path = tmp_path / "plans.db"
+    Database(str(path)).close()  # created and migrated
+    probe = f"import sys; from hyinf.plans_db import Database; Database({str(path)!r}).close(); print('alembic' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -128,7 +128,7 @@ class _Forest:
         """The trees joined; ValueError where one is not a tree over `features` features (a damaged
         stored model: children must come after their node, so every walk ends)."""
         sizes = [len(t.left) for t in trees]
-        roots = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+        roots = np.cumsum([0, *sizes])[:-1].astype(np.int64)
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("left", "right", "feature", "threshold", "value")}
         for t, root, size in zip(trees, roots, sizes, strict=True):
             index, leaf = np.arange(size), t.left < 0
