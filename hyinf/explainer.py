@@ -313,6 +313,7 @@ class Explainer:
         return self._backends[shape, backend]
 
     def _backend_choice(self, batch: torch.Tensor) -> BackendChoice:
+        """The backend whose positions are predicted faster for images like `batch`, before any build is weighed."""
         from hyinf.planner.select import BackendChoice, choose_backend, stored_backend_choice
         from hyinf.plans_db import Database
         from hyinf.plans_db.location import existing_database
@@ -320,11 +321,11 @@ class Explainer:
 
         if self.mode == "naive":
             return BackendChoice("torch", {}, "torch: naive re-inference has no plan whose costs the backends could compare")
+        if self.precision == "tf32" or self.cuda_graphs:
+            return BackendChoice("torch", {}, "torch: TF32 and CUDA graphs are the torch backend's")
         if isinstance(self.plan, PlanDocument):
             backend = str(self.plan.settings.get("backend", "torch"))
             return BackendChoice(backend, {}, f"{backend}: the backend the given plan was made for")
-        if self.precision == "tf32" or self.cuda_graphs:
-            return BackendChoice("torch", {}, "torch: TF32 and CUDA graphs are the torch backend's")
         if self.device.type == "cuda" and not _ort_cuda():
             return BackendChoice("torch", {}, "torch: ONNX Runtime has no CUDA provider here (pip install onnxruntime-gpu)")
         model, identity, imported = self._resolve(batch)
@@ -355,7 +356,8 @@ class Explainer:
         weights = weight_bytes(model)
         if ort_engine.ready(tuple(batch.shape), fill, size):
             return OrtOutlook(open_s(weights), factor, "open its cached graphs")
-        return OrtOutlook(predicted_build_s(weights, len(program.graph.nodes), torch_s, len(engine.engines)), factor, "build its graphs")
+        build = predicted_build_s(weights, len(program.graph.nodes), torch_s, len(engine.engines))
+        return OrtOutlook(build, factor, "build its graphs")
 
     def _for_target(self, batch: torch.Tensor) -> Explainer:
         """This Explainer with the settings and plan of the stored calibration that meets `target_ssim`
