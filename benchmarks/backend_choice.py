@@ -1,5 +1,6 @@
-"""Backend choice (issue 32): ORT hybrid with plans from ORT's own cost model against plans from torch's,
-and backend `auto` against the faster of the two backends, on the suite's eight CNNs.
+"""Backend choice (issue 32): ORT hybrid with plans from ORT's own cost model (as planned, and as
+`hyinf plan --measure` chooses among its neighbours) against plans from torch's, and backend `auto`
+against the faster of the two backends, on the suite's eight CNNs.
 
     python benchmarks/backend_choice.py --db sqlite:///profiled.db --write docs/benchmarks.md
 
@@ -7,12 +8,14 @@ The database must hold a torch and an ort profile of this machine (`hyinf profil
 profile --quick --backend ort`). Per model, in one process, one Explainer per system is kept warm (its
 program traced, plan made, ORT session built before the rounds), each checked against naive
 re-inference, then timed in interleaved rounds: torch hybrid (torch's plan), ORT hybrid with torch's
-plan, ORT hybrid with ORT's plan, and `auto`. Medians (min-max) and per-round ratios.
+plan, with ORT's plan and with ORT's measured plan (chosen before, on another image), and `auto`.
+Medians (min-max) and per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -26,36 +29,57 @@ from suite import MODELS, build
 import hyinf
 from hyinf.errors import PlanWarning
 from hyinf.graph.geometry import OcclusionGrid
+from hyinf.graph.ir import Graph
 from hyinf.graph.torch_frontend import trace_torch
-from hyinf.planner.select import make_plan
+from hyinf.plan_measure import measured_choice
+from hyinf.planner.document import PlanDocument
+from hyinf.planner.select import candidate_documents, make_plan
 from hyinf.plans_db import Database
 from hyinf.profiler.machine import fingerprint
 
-SYSTEMS = ("torch", "ort (torch plan)", "ort (ort plan)", "auto")
+SYSTEMS = ("torch", "ort (torch plan)", "ort (ort plan)", "ort (measured plan)", "auto")
 
 
-def explainers(model: torch.nn.Module, size: int, patch: int, stride: int, db: str) -> dict[str, hyinf.Explainer]:
-    """The four systems' Explainers; the ORT one with torch's plan is given a plan made from torch's costs."""
+def measured_plan(model: torch.nn.Module, graph: Graph, grid: OcclusionGrid, patch: int, stride: int, db: str,
+                  rounds: int) -> PlanDocument:
+    """ORT's plan as `hyinf plan --backend ort --measure ROUNDS` chooses it (on its own random image)."""
+    cpu = torch.device("cpu")
+    with Database(db) as database:
+        candidates = candidate_documents(graph, grid, fingerprint(cpu), model_name="bench", db=database, backend="ort")
+    image = torch.randn((3, *grid.image_size), generator=torch.Generator().manual_seed(1))
+    return measured_choice(candidates, lambda d: hyinf.Explainer(model, backend="ort", plan=d, patch=patch, stride=stride), image, rounds)
+
+
+def explainers(model: torch.nn.Module, size: int, patch: int, stride: int, db: str,
+               measure_rounds: int) -> tuple[dict[str, hyinf.Explainer], PlanDocument]:
+    """The systems' Explainers (the ORT ones with torch's and with the measured plan are given them) and the measured plan."""
     cpu = torch.device("cpu")
     graph = trace_torch(model, (1, 3, size, size), cpu).graph
     grid = OcclusionGrid.make((size, size), patch, stride)
+    measured = measured_plan(model, graph, grid, patch, stride, db, measure_rounds)  # first, and its sessions freed:
+    gc.collect()  # four kept vgg16 sessions and two more would not fit 24 GiB
     with Database(db) as database:
         torch_plan = make_plan(graph, grid, fingerprint(cpu), model_name="bench", db=database, backend="torch")
     settings = {"patch": patch, "stride": stride, "db": db}
-    return {
+    systems = {
         "torch": hyinf.Explainer(model, backend="torch", **settings),
         "ort (torch plan)": hyinf.Explainer(model, backend="ort", plan=torch_plan, **settings),
         "ort (ort plan)": hyinf.Explainer(model, backend="ort", **settings),
         "auto": hyinf.Explainer(model, backend="auto", **settings),
     }
+    if measured.body["measured"]["chosen_weight"] != 1:  # else the ort plan's own: its column is reused
+        systems["ort (measured plan)"] = hyinf.Explainer(model, backend="ort", plan=measured, **settings)
+    return systems, measured
 
 
-def run_model(name: str, patch: int, stride: int, rounds: int, db: str) -> dict[str, object]:
+def run_model(name: str, patch: int, stride: int, rounds: int, db: str, measure_rounds: int) -> dict[str, object]:
     model, size = build(name)
     image = torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))
-    systems = explainers(model, size, patch, stride, db)
+    start = time.perf_counter()
+    systems, measured = explainers(model, size, patch, stride, db, measure_rounds)
+    measuring = time.perf_counter() - start
     reference = hyinf.Explainer(model, mode="naive", patch=patch, stride=stride).explain(image, 0)
-    times: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+    times: dict[str, list[float]] = {s: [] for s in systems}
     chosen = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PlanWarning)  # the torch plan on ort: meant here
@@ -64,14 +88,16 @@ def run_model(name: str, patch: int, stride: int, rounds: int, db: str) -> dict[
             check(reference.scores, result.scores, f"{name} {system}")
             if system == "auto":
                 chosen = f"{result.backend}: {result.backend_reason}"
+        names = list(systems)
         for r in range(rounds):
-            order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[: r % len(SYSTEMS)]
+            order = names[r % len(names):] + names[: r % len(names)]
             for system in order:
                 start = time.perf_counter()
                 systems[system].explain(image, 0)
                 times[system].append(time.perf_counter() - start)
-            print(f"  {name} round {r + 1}: " + ", ".join(f"{s} {times[s][-1]:.2f} s" for s in SYSTEMS), file=sys.stderr)
-    return {"model": name, "times": times, "chosen": chosen}
+            print(f"  {name} round {r + 1}: " + ", ".join(f"{s} {times[s][-1]:.2f} s" for s in names), file=sys.stderr)
+    times.setdefault("ort (measured plan)", times["ort (ort plan)"])
+    return {"model": name, "times": times, "chosen": chosen, "measured": measured.body["measured"], "measuring_s": measuring}
 
 
 def _cell(values: list[float]) -> str:
@@ -84,22 +110,33 @@ def _ratio(top: list[float], bottom: list[float]) -> str:
     return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
-def table(rows: list[dict[str, object]], patch: int, stride: int, rounds: int) -> str:
+def table(rows: list[dict[str, object]], patch: int, stride: int, rounds: int, measure_rounds: int) -> str:
     lines = [
         f"Machine: {machine()}; patch {patch}, stride {stride}, {rounds} interleaved rounds of warm Explainers; seconds, "
-        "median (range); ratios per round. Faster = the faster of torch and ort (ort plan) in that round.",
+        "median (range); ratios per round. Faster = the faster of torch and ort (measured plan) in that round. The measured "
+        f"plan: `hyinf plan --backend ort --measure {measure_rounds}` (candidates from ORT's cost model, run on another image); "
+        "= where it kept ORT's cost-model plan (that column's times).",
         "",
-        "| model | torch | ort (torch plan) | ort (ort plan) | auto | torch plan / ort plan on ort | auto / faster | auto chose |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | torch | ort (torch plan) | ort (ort plan) | ort (measured plan) | auto | torch plan / ort plan on ort "
+        "| torch plan / measured plan on ort | auto / faster | auto chose |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         t: dict[str, list[float]] = row["times"]  # type: ignore[assignment]
-        faster = [min(a, b) for a, b in zip(t["torch"], t["ort (ort plan)"])]
+        kept = row["measured"]["chosen_weight"] == 1  # type: ignore[index]
+        faster = [min(a, b) for a, b in zip(t["torch"], t["ort (measured plan)"])]
         chose = str(row["chosen"]).split(":")[0]
+        measured = "=" if kept else _cell(t["ort (measured plan)"])
         lines.append(f"| {row['model']} | {_cell(t['torch'])} | {_cell(t['ort (torch plan)'])} | {_cell(t['ort (ort plan)'])} | "
-                     f"{_cell(t['auto'])} | {_ratio(t['ort (torch plan)'], t['ort (ort plan)'])} | {_ratio(t['auto'], faster)} | {chose} |")
+                     f"{measured} | {_cell(t['auto'])} | {_ratio(t['ort (torch plan)'], t['ort (ort plan)'])} | "
+                     f"{_ratio(t['ort (torch plan)'], t['ort (measured plan)'])} | {_ratio(t['auto'], faster)} | {chose} |")
     lines.append("")
-    lines += [f"- {row['model']}: auto chose {row['chosen']}" for row in rows]
+    for row in rows:
+        m: dict = row["measured"]  # type: ignore[assignment]
+        trials = ", ".join(f"x{t['weight']:g} {t['measured_s']:.2f} s ({t['ratio']:.3f})" for t in m["trials"])
+        lines.append(f"- {row['model']}: measuring took {row['measuring_s']:.0f} s, {len(m['trials'])} distinct plans "
+                     f"(weight on incremental costs, positions' seconds, ratio to the best before it): {trials}; "
+                     f"kept x{m['chosen_weight']:g}. auto chose {row['chosen']}")
     return "\n".join(lines) + "\n"
 
 
@@ -109,14 +146,15 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--measure-rounds", type=int, default=3, help="rounds per candidate of the measured plan's choice")
     parser.add_argument("--db", required=True, help="a database with this machine's torch and ort profiles")
     parser.add_argument("--write", type=Path, help="replace the backend-choice section of this markdown file")
     args = parser.parse_args()
     rows = []
     for name in args.models:
-        rows.append(run_model(name, args.patch, args.stride, args.rounds, args.db))
-        print(table(rows, args.patch, args.stride, args.rounds))  # what is measured so far survives an interruption
-    text = table(rows, args.patch, args.stride, args.rounds)
+        rows.append(run_model(name, args.patch, args.stride, args.rounds, args.db, args.measure_rounds))
+        print(table(rows, args.patch, args.stride, args.rounds, args.measure_rounds))  # what is measured so far survives an interruption
+    text = table(rows, args.patch, args.stride, args.rounds, args.measure_rounds)
     if args.write:
         write_section(args.write, text, "backend-choice")
 

@@ -21,7 +21,10 @@ from hyinf.modes import BACKEND_CHOICES
 from hyinf.paths import check_readable_file
 
 if TYPE_CHECKING:
+    import torch
+
     from hyinf.models import LoadedModel
+    from hyinf.planner.document import PlanDocument
     from hyinf.planner.quality_target import Calibration
 
 
@@ -49,10 +52,13 @@ if TYPE_CHECKING:
               "image keeps this SSIM against exact, and store them with the plan (`hyinf explain --target-ssim`).")
 @click.option("--calibration-images", type=click.Path(path_type=Path), help="Images (a folder, files or a glob) to calibrate on.")
 @click.option("--top-agreement", type=float, help="With --target-ssim: also keep this share of the exact top-10% positions.")
+@click.option("--measure", "measure_rounds", type=int, help="Run the cost model's plan and its neighbours (other weights "
+              "on incremental costs) on a random image for this many rounds each and keep the measured fastest.")
 @user_errors
 def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int, int], stride: int | tuple[int, int], device: str, threshold: float, cost_model_id: int | None, backend: str,
          strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None, publish: bool,
-         registry: str | None, target_ssim: float | None, calibration_images: Path | None, top_agreement: float | None) -> None:
+         registry: str | None, target_ssim: float | None, calibration_images: Path | None, top_agreement: float | None,
+         measure_rounds: int | None) -> None:
     """Plan MODEL's hybrid evaluation and store the plan for `hyinf explain`.
 
     MODEL is demo, torchvision:NAME, an .onnx file, a torch.export (.pt2) or a TorchScript file.
@@ -67,7 +73,7 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
     from hyinf.graph.torch_frontend import trace_torch
     from hyinf.models import load_model
     from hyinf.planner.document import settings_key
-    from hyinf.planner.select import make_plan
+    from hyinf.planner.select import candidate_documents, make_plan
     from hyinf.plans_db import Database
     from hyinf.profiler.machine import fingerprint
 
@@ -77,6 +83,12 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
     writable_file(output)
     service = publishing_registry(publish, registry)
     _check_calibration_options(target_ssim, calibration_images, top_agreement, threshold)
+    if measure_rounds is not None:
+        from hyinf.plan_measure import check_rounds
+
+        check_rounds(measure_rounds)
+        if target_ssim is not None:
+            raise click.UsageError("--measure chooses among exact plans; --target-ssim calibrates approximate ones: leave out one")
     loaded = load_model(model, weights, tuple(image_size) if image_size else None)
     size = tuple(image_size) if image_size else loaded.image_size
     program = trace_torch(loaded.module, (1, len(loaded.mean), *size), dev)
@@ -88,7 +100,13 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
         grid = OcclusionGrid.make(size, patch, stride, calibration.approx_threshold)  # type: ignore[arg-type]
     with Database(db_url) as db:  # closed before returning: callers in the same process see a finished file
         start = time.perf_counter()
-        document = make_plan(program.graph, grid, fp, model_name=model, db=db, strategy=strategy, cost_model_id=cost_model_id, backend=backend)
+        if measure_rounds is None:
+            document = make_plan(program.graph, grid, fp, model_name=model, db=db, strategy=strategy, cost_model_id=cost_model_id,
+                                 backend=backend)
+        else:
+            candidates = candidate_documents(program.graph, grid, fp, model_name=model, db=db, strategy=strategy,
+                                             cost_model_id=cost_model_id, backend=backend)
+            document = _measure(loaded, size, candidates, dev, threshold, patch, stride, measure_rounds)
         if calibration is not None:
             document = document.calibrated(calibration)
         seconds = time.perf_counter() - start
@@ -106,6 +124,8 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
     click.echo("predicted: " + ", ".join(f"{k} {v:.2f} s" for k, v in predicted.items()))
     if "backend_choice" in document.body:
         click.echo(f"backend {document.body['backend_choice']['reason']}")
+    if "measured" in document.body:
+        click.echo(_measured_line(document.body["measured"]))
     if calibration is not None:
         click.echo(f"calibrated for SSIM {calibration.target_ssim:g} on {calibration.images} images ({calibration.candidates} candidates): "
                    + _calibrated_settings(calibration))
@@ -115,6 +135,37 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
 
         published = service.publish_plan(dict(document.body), graph_to_json(program.graph))
         click.echo(f"published as plan {published['id']} to {service.url}" + ("" if published["created"] else " (it was there already)"))
+
+
+def _measure(loaded: LoadedModel, size: tuple[int, int], candidates: list[tuple[float, PlanDocument]], device: torch.device,
+             threshold: float, patch: int | tuple[int, int], stride: int | tuple[int, int], rounds: int) -> PlanDocument:
+    """The candidate measured fastest on a random image (the time of an exact run does not depend on the pixels)."""
+    import sys
+
+    import torch
+
+    from hyinf.explainer import Explainer
+    from hyinf.plan_measure import measured_choice
+
+    image = torch.randn((len(loaded.mean), *size), generator=torch.Generator().manual_seed(0))
+    fill = loaded.pixel_to_input(0.0)
+
+    def explainer(document: PlanDocument) -> Explainer:
+        return Explainer(loaded.module, plan=document, backend=document.settings["backend"], patch=patch, stride=stride,
+                         patch_value=fill, device=device, approx_threshold=threshold)
+
+    return measured_choice(candidates, explainer, image, rounds, progress=sys.stderr.isatty())
+
+
+def _measured_line(measured: dict[str, Any]) -> str:
+    trials = measured["trials"]
+    chosen = next(t for t in trials if t["weight"] == measured["chosen_weight"])
+    own = trials[0]
+    what = ("the cost model's own plan" if chosen is own else
+            f"the plan for incremental costs x{chosen['weight']:g}, {own['measured_s'] / max(chosen['measured_s'], 1e-12):.3f}x "
+            "as fast as the cost model's own")
+    return (f"measured {len(trials)} plan{'s' * (len(trials) > 1)} over {measured['rounds']} rounds each: kept {what} "
+            f"(its positions {chosen['measured_s']:.2f} s per image, predicted {chosen['predicted_s']:.2f} s)")
 
 
 def _calibrated_settings(calibration: Calibration) -> str:

@@ -36,6 +36,7 @@ SCHEMA_VERSION = 3
 READS = (1, 2, 3)  # older documents are read as the current version: what they lack is absent or null
 FIX = "make a new one with `hyinf plan`"
 MAX_BYTES = 64 * 2**20  # plans take kilobytes: this bounds what a crafted file can cost
+MAX_ROUNDS = 50  # rounds of `hyinf plan --measure`
 
 
 def settings_of(grid: OcclusionGrid, backend: str = "torch") -> dict[str, Any]:
@@ -144,6 +145,11 @@ class PlanDocument:
         """This plan (made for the calibration's threshold) with the calibration it was chosen by."""
         settings = {**self.settings, "target_ssim": calibration.target_ssim}
         return PlanDocument({**self.body, "settings": settings, "calibration": calibration.to_json()})
+
+    def measured(self, record: dict[str, Any]) -> PlanDocument:
+        """This plan with the measurements it was chosen by (`hyinf.plan_measure`)."""
+        _check_measured(record)
+        return PlanDocument({**self.body, "measured": record})
 
     def grid(self) -> OcclusionGrid:
         """The occlusion grid the plan's settings describe."""
@@ -276,6 +282,8 @@ def _check_shape(body: dict[str, Any]) -> None:
         predicted = choice["predicted_s"]
         if not isinstance(predicted, dict) or set(predicted) not in (set(), set(BACKENDS)) or not all(map(_number, predicted.values())):
             raise ValueError(f"backend_choice.predicted_s must map each of {', '.join(BACKENDS)} to seconds, or be empty")
+    if "measured" in body:
+        _check_measured(body["measured"])
     device = body["device"]
     for key, field in DeviceFingerprint.__dataclass_fields__.items():
         kind = int if field.type in (int, "int") else str
@@ -294,3 +302,19 @@ def _check_shape(body: dict[str, Any]) -> None:
             raise ValueError(f"a block names nodes the plan does not list ({', '.join(sorted(set(b['modes']) - names)[:3])})")
         if not isinstance(b["predicted_s"], dict) or not all(_number(v) for v in b["predicted_s"].values()):
             raise ValueError("each block's predicted_s must map to seconds")
+
+
+def _check_measured(measured: Any) -> None:
+    """The form of a `measured` record: the trials of `hyinf plan --measure` and the weight chosen."""
+    trials, rounds = measured["trials"], measured["rounds"]
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= MAX_ROUNDS:
+        raise ValueError(f"measured.rounds must be 1 to {MAX_ROUNDS}")
+    if not isinstance(trials, list) or not trials:
+        raise ValueError("measured.trials must be a non-empty list")
+    for trial in trials:
+        if not isinstance(trial, dict) or set(trial) != {"weight", "predicted_s", "measured_s", "ratio"}:
+            raise ValueError("each measured trial has weight, predicted_s, measured_s and ratio")
+        if not all(map(_number, trial.values())):
+            raise ValueError("measured trials hold non-negative numbers")
+    if measured["chosen_weight"] not in [t["weight"] for t in trials]:
+        raise ValueError("measured.chosen_weight must be one of its trials' weights")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from hyinf.graph.geometry import GROUPS_PER_AXIS, OcclusionGrid
 from hyinf.graph.ir import Graph
 from hyinf.modes import BACKENDS
 from hyinf.planner.blocks import plan_grid
+from hyinf.planner.candidates import WEIGHTS, candidate_plans
 from hyinf.planner.document import PlanDocument, settings_key, settings_of
 from hyinf.planner.plan import Plan
 from hyinf.profiler.machine import DeviceFingerprint
@@ -42,6 +43,15 @@ def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, m
               groups_per_axis: int = GROUPS_PER_AXIS) -> PlanDocument:
     """Plan every block of `grid` under this device's cost model for `backend` (analytic when it was never
     profiled). Backend `auto` plans for the backend `choose_backend` picks and records the choice."""
+    return candidate_documents(graph, grid, device, model_name=model_name, db=db, strategy=strategy, cost_model_id=cost_model_id,
+                               backend=backend, groups_per_axis=groups_per_axis, weights=(1.0,))[0][1]
+
+
+def candidate_documents(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, model_name: str, db: Database | None,
+                        strategy: str = "optimal", cost_model_id: int | None = None, backend: str = "torch",
+                        groups_per_axis: int = GROUPS_PER_AXIS, weights: Sequence[float] = WEIGHTS) -> list[tuple[float, PlanDocument]]:
+    """(weight, plan document) of each distinct plan of `candidate_plans` under `weights`, the cost
+    model's own optimum first (`make_plan`'s plan): the plans `hyinf plan --measure` runs."""
     choice = None
     if backend == "auto":
         choice = choose_backend(graph, grid, device, db, strategy=strategy)
@@ -49,9 +59,12 @@ def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, m
     model, info = device_costs(db, device, backend, cost_model_id)
     chunk = largest_chunk(device.kind)
     blocks = plan_grid(graph, grid, model, strategy, backend, chunk=chunk, groups_per_axis=groups_per_axis)
-    document = PlanDocument.make(graph, grid, blocks, model_name=model_name, device=device, cost_model=info,
-                                 strategy=strategy, backend=backend, chunk=chunk)
-    return document if choice is None else PlanDocument({**document.body, "backend_choice": choice.to_json()})
+    out = []
+    for weight, planned in candidate_plans(graph, blocks, strategy, weights):
+        document = PlanDocument.make(graph, grid, planned, model_name=model_name, device=device, cost_model=info,
+                                     strategy=strategy, backend=backend, chunk=chunk)
+        out.append((weight, document if choice is None else PlanDocument({**document.body, "backend_choice": choice.to_json()})))
+    return out
 
 
 def choose_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, given: PlanDocument | None, db: Database | None,
