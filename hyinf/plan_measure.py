@@ -7,13 +7,16 @@ a few percent, less than such misses. So the plan is settled by measurement, as 
 tournament in which the current best and one challenger run in alternating order for the same rounds
 (only two programs and their ONNX Runtime sessions are alive at once: three vgg16 sessions held
 14 GB), and the challenger wins when it ran faster in every round: a sign test, since the plans differ
-by less than rounds do (resnet18 on ORT: plans within 3%, rounds of one plan 4-10% apart). A plan
-no faster than the best passes 3 rounds by chance one time in 8, 5 rounds one time in 32.
+by less than rounds do (resnet18 on ORT: plans within 3%, rounds of one plan 4-13% apart). A plan no
+faster than the best passes R rounds by chance one time in 2^R, so with C challengers the rounds
+asked for are raised to make a chance win of any of them at most one time in 8 (C / 2^R <= 1/8):
+with 3 rounds, the four challengers resnet18 has were picked by chance and ran no faster later.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ from tqdm import tqdm
 
 from hyinf.errors import SettingsError
 from hyinf.planner.document import MAX_ROUNDS, PlanDocument
+
+FALSE_SWITCH = 1 / 8  # the most a chance win of any challenger may be
 
 if TYPE_CHECKING:
     from hyinf.explainer import Explainer
@@ -48,15 +53,22 @@ def check_rounds(rounds: int) -> None:
         raise SettingsError(f"measuring plans takes 1 to {MAX_ROUNDS} rounds, got {rounds!r}")
 
 
+def rounds_for(challengers: int, asked: int) -> int:
+    """`asked`, or more, so that `challengers` plans no faster than the best all pass the sign test by
+    chance with a probability of at most FALSE_SWITCH together."""
+    return asked if challengers == 0 else max(asked, math.ceil(math.log2(challengers / FALSE_SWITCH)))
+
+
 def measured_choice(candidates: Sequence[tuple[float, PlanDocument]], explainer: Callable[[PlanDocument], Explainer],
                     image: torch.Tensor, rounds: int, progress: bool = False) -> PlanDocument:
-    """The candidate (weight, plan document) measured fastest on `image` over `rounds` rounds: the first
-    (the cost model's own optimum) unless another beats it in every round; every trial is recorded in
-    the document's `measured`.
+    """The candidate (weight, plan document) measured fastest on `image` over at least `rounds` rounds
+    (`rounds_for`): the first (the cost model's own optimum) unless another beats it in every round;
+    every trial is recorded in the document's `measured`.
     `explainer(document)` makes a warm-able Explainer running that plan."""
     check_rounds(rounds)
     if not candidates:
         raise ValueError("no candidate plans")
+    rounds = min(MAX_ROUNDS, rounds_for(len(candidates) - 1, rounds))
 
     def timed(runner: Explainer) -> float:  # the positions' seconds: the clean pass is the same in every plan
         return float(runner.explain(image, 0).timings["positions_s"])

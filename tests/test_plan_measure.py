@@ -19,7 +19,7 @@ from hyinf.cli import main
 from hyinf.errors import PlanError, SettingsError
 from hyinf.graph.geometry import OcclusionGrid
 from hyinf.graph.torch_frontend import trace_torch
-from hyinf.plan_measure import measured_choice
+from hyinf.plan_measure import measured_choice, rounds_for
 from hyinf.planner.blocks import plan_grid
 from hyinf.planner.candidates import WEIGHTS, candidate_plans, signature, weighted
 from hyinf.planner.costs import plan_cost
@@ -99,6 +99,12 @@ def test_a_challenger_is_kept_only_when_it_beats_the_best_so_far_in_every_round(
         kept = measured_choice(documents[:2], lambda d: slower[_weight(documents, d)], torch.zeros(1), rounds=len(seconds) - 1)
         assert kept.body["measured"]["chosen_weight"] == documents[0][0]
         assert kept.body["blocks"] == documents[0][1].body["blocks"] and kept.body["measured"]["trials"][1]["ratio"] < 1
+    three = [*documents[:2], (5.0, PlanDocument(dict(documents[0][1].body)))]  # a third runner, whatever its plan
+    fast = {w: _Clock([1.0 - 0.1 * k]) for k, (w, _) in enumerate(three)}
+    raised = measured_choice(three, lambda d: fast[_weight(three, d)], torch.zeros(1), rounds=1)
+    assert raised.body["measured"]["rounds"] == rounds_for(2, 1) == 4  # 2 challengers: 2 / 2^4 = 1/8
+    assert raised.body["measured"]["chosen_weight"] == 5.0 and fast[5.0].calls == 1 + 4
+    assert [rounds_for(c, a) for c, a in ((0, 2), (1, 1), (4, 3), (4, 9))] == [2, 3, 5, 9]
     with pytest.raises(SettingsError, match="1 to 50 rounds"):
         measured_choice(documents, lambda d: _Clock([1.0]), torch.zeros(1), rounds=0)
 

@@ -125,7 +125,7 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
     if "backend_choice" in document.body:
         click.echo(f"backend {document.body['backend_choice']['reason']}")
     if "measured" in document.body:
-        click.echo(_measured_line(document.body["measured"]))
+        click.echo(_measured_line(document.body["measured"], measure_rounds or 0))
     if calibration is not None:
         click.echo(f"calibrated for SSIM {calibration.target_ssim:g} on {calibration.images} images ({calibration.candidates} candidates): "
                    + _calibrated_settings(calibration))
@@ -157,14 +157,15 @@ def _measure(loaded: LoadedModel, size: tuple[int, int], candidates: list[tuple[
     return measured_choice(candidates, explainer, image, rounds, progress=sys.stderr.isatty())
 
 
-def _measured_line(measured: dict[str, Any]) -> str:
+def _measured_line(measured: dict[str, Any], asked: int) -> str:
     trials = measured["trials"]
     chosen = next(t for t in trials if t["weight"] == measured["chosen_weight"])
     own = trials[0]
     what = ("the cost model's own plan" if chosen is own else
             f"the plan for incremental costs x{chosen['weight']:g}, {own['measured_s'] / max(chosen['measured_s'], 1e-12):.3f}x "
             "as fast as the cost model's own")
-    return (f"measured {len(trials)} plan{'s' * (len(trials) > 1)} over {measured['rounds']} rounds each: kept {what} "
+    raised = f" (raised from {asked}: fewer let chance pick one of {len(trials) - 1} challengers)" if measured["rounds"] > asked else ""
+    return (f"measured {len(trials)} plan{'s' * (len(trials) > 1)} over {measured['rounds']} rounds each{raised}: kept {what} "
             f"(its positions {chosen['measured_s']:.2f} s per image, predicted {chosen['predicted_s']:.2f} s)")
 
 
