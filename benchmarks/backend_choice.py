@@ -72,7 +72,7 @@ def explainers(model: torch.nn.Module, size: int, patch: int, stride: int, db: s
     return systems, measured
 
 
-def run_model(name: str, patch: int, stride: int, rounds: int, db: str, measure_rounds: int) -> dict[str, object]:
+def run_model(name: str, patch: int, stride: int, rounds: int, db: str, measure_rounds: int, pair_rounds: int) -> dict[str, object]:
     model, size = build(name)
     image = torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
@@ -97,7 +97,29 @@ def run_model(name: str, patch: int, stride: int, rounds: int, db: str, measure_
                 times[system].append(time.perf_counter() - start)
             print(f"  {name} round {r + 1}: " + ", ".join(f"{s} {times[s][-1]:.2f} s" for s in names), file=sys.stderr)
     times.setdefault("ort (measured plan)", times["ort (ort plan)"])
-    return {"model": name, "times": times, "chosen": chosen, "measured": measured.body["measured"], "measuring_s": measuring}
+    pair = alone(systems, image, pair_rounds)
+    return {"model": name, "times": times, "chosen": chosen, "measured": measured.body["measured"], "measuring_s": measuring,
+            "pair": pair}
+
+
+def alone(systems: dict[str, hyinf.Explainer], image: torch.Tensor, rounds: int) -> list[float]:
+    """Per-round ratios torch plan / measured plan on ORT with only those two Explainers alive, as a user
+    holds one (the others' sessions freed), in alternating order."""
+    mine = "ort (measured plan)" if "ort (measured plan)" in systems else "ort (ort plan)"
+    pair = [systems.pop("ort (torch plan)"), systems.pop(mine)]
+    systems.clear()
+    gc.collect()
+    ratios = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlanWarning)
+        for r in range(rounds):
+            seconds = []
+            for explainer in pair if r % 2 == 0 else pair[::-1]:
+                start = time.perf_counter()
+                explainer.explain(image, 0)
+                seconds.append(time.perf_counter() - start)
+            ratios.append(seconds[0] / seconds[1] if r % 2 == 0 else seconds[1] / seconds[0])
+    return ratios
 
 
 def _cell(values: list[float]) -> str:
@@ -106,20 +128,24 @@ def _cell(values: list[float]) -> str:
 
 def _ratio(top: list[float], bottom: list[float]) -> str:
     """The median of per-round ratios, with their range."""
-    ratios = [a / b for a, b in zip(top, bottom)]
+    return _spread([a / b for a, b in zip(top, bottom)])
+
+
+def _spread(ratios: list[float]) -> str:
     return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
-def table(rows: list[dict[str, object]], patch: int, stride: int, rounds: int, measure_rounds: int) -> str:
+def table(rows: list[dict[str, object]], patch: int, stride: int, rounds: int, measure_rounds: int, pair_rounds: int) -> str:
     lines = [
         f"Machine: {machine()}; patch {patch}, stride {stride}, {rounds} interleaved rounds of warm Explainers; seconds, "
         "median (range); ratios per round. Faster = the faster of torch and ort (measured plan) in that round. The measured "
         f"plan: `hyinf plan --backend ort --measure {measure_rounds}` (candidates from ORT's cost model, run on another image); "
-        "= where it kept ORT's cost-model plan (that column's times).",
+        "= where it kept ORT's cost-model plan (that column's times). Alone: torch plan / measured plan on ORT in "
+        f"{pair_rounds} alternating rounds with only those two Explainers alive.",
         "",
         "| model | torch | ort (torch plan) | ort (ort plan) | ort (measured plan) | auto | torch plan / ort plan on ort "
-        "| torch plan / measured plan on ort | auto / faster | auto chose |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| torch plan / measured plan on ort | the same, alone | auto / faster | auto chose |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         t: dict[str, list[float]] = row["times"]  # type: ignore[assignment]
@@ -129,7 +155,8 @@ def table(rows: list[dict[str, object]], patch: int, stride: int, rounds: int, m
         measured = "=" if kept else _cell(t["ort (measured plan)"])
         lines.append(f"| {row['model']} | {_cell(t['torch'])} | {_cell(t['ort (torch plan)'])} | {_cell(t['ort (ort plan)'])} | "
                      f"{measured} | {_cell(t['auto'])} | {_ratio(t['ort (torch plan)'], t['ort (ort plan)'])} | "
-                     f"{_ratio(t['ort (torch plan)'], t['ort (measured plan)'])} | {_ratio(t['auto'], faster)} | {chose} |")
+                     f"{_ratio(t['ort (torch plan)'], t['ort (measured plan)'])} | {_spread(row['pair'])} | "  # type: ignore[arg-type]
+                     f"{_ratio(t['auto'], faster)} | {chose} |")
     lines.append("")
     for row in rows:
         m: dict = row["measured"]  # type: ignore[assignment]
@@ -147,14 +174,15 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--measure-rounds", type=int, default=3, help="rounds per candidate of the measured plan's choice")
+    parser.add_argument("--pair-rounds", type=int, default=5, help="rounds of torch plan against measured plan on ORT alone")
     parser.add_argument("--db", required=True, help="a database with this machine's torch and ort profiles")
     parser.add_argument("--write", type=Path, help="replace the backend-choice section of this markdown file")
     args = parser.parse_args()
     rows = []
     for name in args.models:
-        rows.append(run_model(name, args.patch, args.stride, args.rounds, args.db, args.measure_rounds))
-        print(table(rows, args.patch, args.stride, args.rounds, args.measure_rounds))  # what is measured so far survives an interruption
-    text = table(rows, args.patch, args.stride, args.rounds, args.measure_rounds)
+        rows.append(run_model(name, args.patch, args.stride, args.rounds, args.db, args.measure_rounds, args.pair_rounds))
+        print(table(rows, args.patch, args.stride, args.rounds, args.measure_rounds, args.pair_rounds))  # survives an interruption
+    text = table(rows, args.patch, args.stride, args.rounds, args.measure_rounds, args.pair_rounds)
     if args.write:
         write_section(args.write, text, "backend-choice")
 
