@@ -67,7 +67,7 @@ def explainers(model: torch.nn.Module, size: int, patch: int, stride: int, db: s
         "ort (ort plan)": hyinf.Explainer(model, backend="ort", **settings),
         "auto": hyinf.Explainer(model, backend="auto", **settings),
     }
-    if measured.body["measured"]["chosen_weight"] != 1:  # else the ort plan's own: its column is reused
+    if measured.body["measured"]["chosen"] != 0:  # else the ort plan's own: its column is reused
         systems["ort (measured plan)"] = hyinf.Explainer(model, backend="ort", plan=measured, **settings)
     return systems, measured
 
@@ -149,7 +149,7 @@ def table(rows: list[dict[str, object]], patch: int, stride: int, rounds: int, m
     ]
     for row in rows:
         t: dict[str, list[float]] = row["times"]  # type: ignore[assignment]
-        kept = row["measured"]["chosen_weight"] == 1  # type: ignore[index]
+        kept = row["measured"]["chosen"] == 0  # type: ignore[index]
         faster = [min(a, b) for a, b in zip(t["torch"], t["ort (measured plan)"])]
         chose = str(row["chosen"]).split(":")[0]
         measured = "=" if kept else _cell(t["ort (measured plan)"])
@@ -163,7 +163,7 @@ def table(rows: list[dict[str, object]], patch: int, stride: int, rounds: int, m
         trials = ", ".join(f"x{t['weight']:g} {t['measured_s']:.2f} s ({t['ratio']:.3f})" for t in m["trials"])
         lines.append(f"- {row['model']}: measuring took {row['measuring_s']:.0f} s, {len(m['trials'])} distinct plans "
                      f"(weight on incremental costs, positions' seconds, ratio to the best before it): {trials}; "
-                     f"kept x{m['chosen_weight']:g}. auto chose {row['chosen']}")
+                     f"kept x{m['trials'][m['chosen']]['weight']:g}. auto chose {row['chosen']}")
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from hyinf.errors import SettingsError
+from hyinf.modes import BACKENDS
 from hyinf.planner.document import MAX_ROUNDS, PlanDocument
 
 FALSE_SWITCH = 1 / 8  # the most a chance win of any challenger may be
@@ -36,16 +37,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Trial:
-    """One candidate plan: its weight on incremental costs, the seconds the model predicts for one image's
-    positions, those measured (median) and its median ratio to the plan it was run against."""
+    """One candidate plan: its backend, its weight on incremental costs, the seconds its backend's model
+    predicts for one image's positions, those measured (median) and its median ratio to the plan it was
+    run against."""
 
+    backend: str
     weight: float
     predicted_s: float
     measured_s: float
     ratio: float  # median of per-round (this / the best so far); 1 for the first candidate
 
-    def to_json(self) -> dict[str, float]:
-        return {"weight": self.weight, "predicted_s": self.predicted_s, "measured_s": self.measured_s, "ratio": self.ratio}
+    @classmethod
+    def of(cls, document: PlanDocument, weight: float, measured_s: float, ratio: float) -> Trial:
+        return cls(document.settings["backend"], weight, float(document.body["predicted_s"]["plan"]), measured_s, ratio)
+
+    def to_json(self) -> dict[str, float | str]:
+        return {"backend": self.backend, "weight": self.weight, "predicted_s": self.predicted_s, "measured_s": self.measured_s,
+                "ratio": self.ratio}
 
 
 def check_rounds(rounds: int) -> None:
@@ -63,7 +71,7 @@ def measured_choice(candidates: Sequence[tuple[float, PlanDocument]], explainer:
                     image: torch.Tensor, rounds: int, progress: bool = False) -> PlanDocument:
     """The candidate (weight, plan document) measured fastest on `image` over at least `rounds` rounds
     (`rounds_for`): the first (the cost model's own optimum) unless another beats it in every round;
-    every trial is recorded in the document's `measured`.
+    every trial is recorded in the document's `measured`, with the index of the one `chosen`.
     `explainer(document)` makes a warm-able Explainer running that plan."""
     check_rounds(rounds)
     if not candidates:
@@ -73,17 +81,17 @@ def measured_choice(candidates: Sequence[tuple[float, PlanDocument]], explainer:
     def timed(runner: Explainer) -> float:  # the positions' seconds: the clean pass is the same in every plan
         return float(runner.explain(image, 0).timings["positions_s"])
 
-    best_weight, best = candidates[0]
-    best_runner = explainer(best)
+    chosen = 0
+    best_runner = explainer(candidates[0][1])
     trials: list[Trial] = []
     with tqdm(total=len(candidates) - 1 + bool(len(candidates) == 1), desc="measuring plans", unit="plan",
               disable=not progress) as bar:
         timed(best_runner)  # builds its programs and sessions
         if len(candidates) == 1:
             times = [timed(best_runner) for _ in range(rounds)]
-            trials.append(Trial(best_weight, _predicted(best), statistics.median(times), 1.0))
+            trials.append(Trial.of(candidates[0][1], candidates[0][0], statistics.median(times), 1.0))
             bar.update()
-        for weight, document in candidates[1:]:
+        for k, (weight, document) in enumerate(candidates[1:], 1):
             runner = explainer(document)
             timed(runner)
             pairs = []
@@ -92,17 +100,26 @@ def measured_choice(candidates: Sequence[tuple[float, PlanDocument]], explainer:
                 a, b = timed(first), timed(second)
                 pairs.append((a, b) if r % 2 == 0 else (b, a))
             if not trials:
-                trials.append(Trial(best_weight, _predicted(best), statistics.median(p[0] for p in pairs), 1.0))
+                trials.append(Trial.of(candidates[0][1], candidates[0][0], statistics.median(p[0] for p in pairs), 1.0))
             ratios = [c / max(i, 1e-12) for i, c in pairs]
-            trials.append(Trial(weight, _predicted(document), statistics.median(p[1] for p in pairs), statistics.median(ratios)))
+            trials.append(Trial.of(document, weight, statistics.median(p[1] for p in pairs), statistics.median(ratios)))
             if max(ratios) < 1:
-                best_weight, best, best_runner = weight, document, runner
+                chosen, best_runner = k, runner
             del runner
             gc.collect()  # a dropped program's weights wait for a full collection (torch.fx keeps cycles)
             bar.update()
-    return best.measured({"rounds": rounds, "chosen_weight": best_weight, "trials": [t.to_json() for t in trials]})
+    document = candidates[chosen][1]
+    if "backend_choice" in document.body and {t.backend for t in trials} == set(BACKENDS):
+        document = PlanDocument({**document.body, "backend_choice": _measured_choice(trials, trials[chosen].backend, rounds)})
+    return document.measured({"rounds": rounds, "chosen": chosen, "trials": [t.to_json() for t in trials]})
 
 
-def _predicted(document: PlanDocument) -> float:
-    return float(document.body["predicted_s"]["plan"])
+def _measured_choice(trials: list[Trial], backend: str, rounds: int) -> dict[str, object]:
+    """An `auto` plan's backend choice from the measurements: each backend's fastest plan's seconds stand
+    for its prediction (`auto` weighs ORT's build against them)."""
+    seconds = {b: min(t.measured_s for t in trials if t.backend == b) for b in BACKENDS}
+    other = next(b for b in BACKENDS if b != backend)
+    return {"backend": backend, "predicted_s": seconds,
+            "reason": f"{backend}: kept by measurement over {rounds} rounds ({seconds[backend]:.2f} s against {other}'s "
+                      f"{seconds[other]:.2f} s for one image's positions)"}
 

@@ -30,6 +30,7 @@ from hyinf.profiler.machine import fingerprint
 
 CPU = torch.device("cpu")
 SPREAD = (1.0, 0.1, 10.0)  # weights far enough apart to give the small networks here distinct plans
+TRIAL = {"backend": "torch", "weight": 1.0, "predicted_s": 1.0, "measured_s": 1.0, "ratio": 1.0}
 
 
 def _cnn() -> nn.Module:
@@ -90,20 +91,20 @@ def test_a_challenger_is_kept_only_when_it_beats_the_best_so_far_in_every_round(
     clocks = {documents[0][0]: _Clock([1.0]), documents[1][0]: _Clock([0.97, 0.9, 0.99, 0.95])}  # warm-up, 3 rounds
     chosen = measured_choice(documents[:2], lambda d: clocks[_weight(documents, d)], torch.zeros(1), rounds=3)
     record = chosen.body["measured"]
-    assert record["chosen_weight"] == documents[1][0] and chosen.body["blocks"] == documents[1][1].body["blocks"]
+    assert record["chosen"] == 1 and chosen.body["blocks"] == documents[1][1].body["blocks"]
     assert [t["weight"] for t in record["trials"]] == [documents[0][0], documents[1][0]]
     assert record["trials"][0]["ratio"] == 1.0 and math.isclose(record["trials"][1]["ratio"], 0.95)
     assert clocks[documents[1][0]].calls == 4  # one warm-up (its build), then one call per round
     for seconds in ([1.0, 0.5, 0.9, 1.01], [1.0, 0.5, 0.9, 0.95, 1.1]):  # faster at the median, not in every round
         slower = {documents[0][0]: _Clock([1.0]), documents[1][0]: _Clock(seconds)}
         kept = measured_choice(documents[:2], lambda d: slower[_weight(documents, d)], torch.zeros(1), rounds=len(seconds) - 1)
-        assert kept.body["measured"]["chosen_weight"] == documents[0][0]
+        assert kept.body["measured"]["chosen"] == 0
         assert kept.body["blocks"] == documents[0][1].body["blocks"] and kept.body["measured"]["trials"][1]["ratio"] < 1
     three = [*documents[:2], (5.0, PlanDocument(dict(documents[0][1].body)))]  # a third runner, whatever its plan
     fast = {w: _Clock([1.0 - 0.1 * k]) for k, (w, _) in enumerate(three)}
     raised = measured_choice(three, lambda d: fast[_weight(three, d)], torch.zeros(1), rounds=1)
     assert raised.body["measured"]["rounds"] == rounds_for(2, 1) == 4  # 2 challengers: 2 / 2^4 = 1/8
-    assert raised.body["measured"]["chosen_weight"] == 5.0 and fast[5.0].calls == 1 + 4
+    assert raised.body["measured"]["chosen"] == 2 and fast[5.0].calls == 1 + 4
     assert [rounds_for(c, a) for c, a in ((0, 2), (1, 1), (4, 3), (4, 9))] == [2, 3, 5, 9]
     with pytest.raises(SettingsError, match="1 to 50 rounds"):
         measured_choice(documents, lambda d: _Clock([1.0]), torch.zeros(1), rounds=0)
@@ -123,7 +124,7 @@ def test_the_measured_plan_runs_exactly_and_its_record_survives_a_round_trip() -
             return hyinf.Explainer(model, plan=document, backend=backend, patch=8, stride=2)
 
         chosen = measured_choice(documents, explainer, image, rounds=2)
-        assert chosen.body["measured"]["chosen_weight"] in [w for w, _ in documents]
+        assert chosen.body["measured"]["trials"][chosen.body["measured"]["chosen"]]["backend"] == backend
         assert len(chosen.body["measured"]["trials"]) == len(documents)
         again = PlanDocument.parse(chosen.to_json())
         assert again.body["measured"] == chosen.body["measured"]
@@ -134,19 +135,22 @@ def test_the_measured_plan_runs_exactly_and_its_record_survives_a_round_trip() -
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"chosen_weight": 7.0}, "one of its trials"),
+    ({"chosen": 1}, "index of one of its trials"),
+    ({"chosen": True}, "index of one of its trials"),
+    ({"trials": [{"backend": "ort", "weight": 1.0, "predicted_s": 1.0, "measured_s": 1.0, "ratio": 1.0}]}, "of the plan's backend"),
+    ({"trials": [{"backend": "gpu", "weight": 1.0, "predicted_s": 1.0, "measured_s": 1.0, "ratio": 1.0}]}, "name one of torch, ort"),
     ({"rounds": 0}, "rounds must be 1 to 50"),
     ({"rounds": True}, "rounds must be 1 to 50"),
     ({"trials": []}, "non-empty list"),
-    ({"trials": [{"weight": 1.0, "predicted_s": 1.0, "measured_s": float("nan"), "ratio": 1.0}]}, "non-negative numbers"),
-    ({"trials": [{"weight": 1.0, "predicted_s": 1.0, "measured_s": 1.0}]}, "weight, predicted_s, measured_s and ratio"),
-    ({"trials": ["x"]}, "weight, predicted_s, measured_s and ratio"),
+    ({"trials": [{**TRIAL, "measured_s": float("nan")}]}, "non-negative numbers"),
+    ({"trials": [{k: v for k, v in TRIAL.items() if k != "ratio"}]}, "backend, weight, predicted_s, measured_s and ratio"),
+    ({"trials": ["x"]}, "backend, weight, predicted_s, measured_s and ratio"),
 ])
 def test_a_forged_measured_record_is_refused(change: dict, message: str) -> None:
     model, grid = _setting()
     graph = trace_torch(model, (1, 3, 32, 32), CPU).graph
     document = make_plan(graph, grid, fingerprint(CPU), model_name="cnn", db=None)
-    good = {"rounds": 3, "chosen_weight": 1.0, "trials": [{"weight": 1.0, "predicted_s": 1.0, "measured_s": 1.0, "ratio": 1.0}]}
+    good = {"rounds": 3, "chosen": 0, "trials": [TRIAL]}
     assert PlanDocument.parse(document.measured(good).to_json()).body["measured"] == good
     forged = json.dumps({**document.body, "measured": {**good, **change}}, allow_nan=True)
     with pytest.raises(PlanError, match=message):
@@ -167,3 +171,27 @@ def test_plan_measure_in_the_cli(tmp_path: Path) -> None:
                           (["--measure", "2", "--target-ssim", "0.9", "--calibration-images", str(tmp_path)], "leave out one")):
         bad = CliRunner().invoke(main, ["plan", "demo", "--db", db, *args])
         assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output
+
+
+def test_auto_measures_the_other_backends_plan_too_and_explain_follows_the_measured_choice(tmp_path: Path) -> None:
+    model, grid = _setting()
+    graph = trace_torch(model, (1, 3, 32, 32), CPU).graph
+    found = candidate_documents(graph, grid, fingerprint(CPU), model_name="cnn", db=None, backend="auto", weights=SPREAD, rival=True)
+    backends = [d.settings["backend"] for _, d in found]
+    assert backends[0] == "torch" and backends[-1] == "ort" and backends.count("ort") == 1  # unprofiled: torch predicted
+    assert all(d.body["backend_choice"]["backend"] == d.settings["backend"] for _, d in found)
+    slow_torch = {id(d): _Clock([2.0 if d.settings["backend"] == "torch" else 1.0]) for _, d in found}
+    chosen = measured_choice(found, lambda d: slow_torch[id(d)], torch.zeros(1), rounds=3)
+    choice = chosen.body["backend_choice"]
+    assert chosen.settings["backend"] == choice["backend"] == "ort" and choice["reason"].startswith("ort: kept by measurement")
+    assert choice["predicted_s"] == {"torch": 2.0, "ort": 1.0}  # auto weighs ORT's build against what was measured
+    db = str(tmp_path / "p.db")
+    stored = CliRunner().invoke(main, ["plan", "demo", "--backend", "auto", "--measure", "1", "--db", db])
+    assert stored.exit_code == 0, stored.output
+    assert "measured 2 plans over 3 rounds each (raised from 1" in stored.output
+    backend = "ort" if "kept ort's own plan" in stored.output else "torch"
+    out = tmp_path / "o"
+    explained = CliRunner().invoke(main, ["explain", "demo", "--db", db, "--out", str(out)])
+    assert explained.exit_code == 0, explained.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["backend"] == backend and report["backend_choice"]["asked"] == "auto"

@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 @click.option("--calibration-images", type=click.Path(path_type=Path), help="Images (a folder, files or a glob) to calibrate on.")
 @click.option("--top-agreement", type=float, help="With --target-ssim: also keep this share of the exact top-10% positions.")
 @click.option("--measure", "measure_rounds", type=int, help="Run the cost model's plan and its neighbours (other weights "
-              "on incremental costs) on a random image for this many rounds each and keep the measured fastest.")
+              "on incremental costs; with auto, the other backend's plan too) on a random image for this many rounds "
+              "each and keep the measured fastest.")
 @user_errors
 def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int, int], stride: int | tuple[int, int], device: str, threshold: float, cost_model_id: int | None, backend: str,
          strategy: str, weights: Path | None, output: Path | None, explain_plan: bool, db_url: str | None, publish: bool,
@@ -105,7 +106,7 @@ def plan(model: str, image_size: tuple[int, int] | None, patch: int | tuple[int,
                                  backend=backend)
         else:
             candidates = candidate_documents(program.graph, grid, fp, model_name=model, db=db, strategy=strategy,
-                                             cost_model_id=cost_model_id, backend=backend)
+                                             cost_model_id=cost_model_id, backend=backend, rival=True)
             document = _measure(loaded, size, candidates, dev, threshold, patch, stride, measure_rounds)
         if calibration is not None:
             document = document.calibrated(calibration)
@@ -159,11 +160,13 @@ def _measure(loaded: LoadedModel, size: tuple[int, int], candidates: list[tuple[
 
 def _measured_line(measured: dict[str, Any], asked: int) -> str:
     trials = measured["trials"]
-    chosen = next(t for t in trials if t["weight"] == measured["chosen_weight"])
-    own = trials[0]
-    what = ("the cost model's own plan" if chosen is own else
-            f"the plan for incremental costs x{chosen['weight']:g}, {own['measured_s'] / max(chosen['measured_s'], 1e-12):.3f}x "
-            "as fast as the cost model's own")
+    chosen, own = trials[measured["chosen"]], trials[0]
+    if chosen is own:
+        what = "the cost model's own plan"
+    else:
+        kind = f"{chosen['backend']}'s own plan" if chosen["backend"] != own["backend"] else \
+            f"the plan for incremental costs x{chosen['weight']:g}"
+        what = f"{kind}, {own['measured_s'] / max(chosen['measured_s'], 1e-12):.3f}x as fast as the cost model's choice"
     raised = f" (raised from {asked}: fewer let chance pick one of {len(trials) - 1} challengers)" if measured["rounds"] > asked else ""
     return (f"measured {len(trials)} plan{'s' * (len(trials) > 1)} over {measured['rounds']} rounds each{raised}: kept {what} "
             f"(its positions {chosen['measured_s']:.2f} s per image, predicted {chosen['predicted_s']:.2f} s)")

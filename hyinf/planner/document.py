@@ -284,6 +284,8 @@ def _check_shape(body: dict[str, Any]) -> None:
             raise ValueError(f"backend_choice.predicted_s must map each of {', '.join(BACKENDS)} to seconds, or be empty")
     if "measured" in body:
         _check_measured(body["measured"])
+        if body["measured"]["trials"][body["measured"]["chosen"]]["backend"] != body["settings"].get("backend", "torch"):
+            raise ValueError("the measured trial chosen must be of the plan's backend")
     device = body["device"]
     for key, field in DeviceFingerprint.__dataclass_fields__.items():
         kind = int if field.type in (int, "int") else str
@@ -305,16 +307,16 @@ def _check_shape(body: dict[str, Any]) -> None:
 
 
 def _check_measured(measured: Any) -> None:
-    """The form of a `measured` record: the trials of `hyinf plan --measure` and the weight chosen."""
-    trials, rounds = measured["trials"], measured["rounds"]
+    """The form of a `measured` record: the trials of `hyinf plan --measure` and which was chosen."""
+    trials, rounds, chosen = measured["trials"], measured["rounds"], measured["chosen"]
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= MAX_ROUNDS:
         raise ValueError(f"measured.rounds must be 1 to {MAX_ROUNDS}")
     if not isinstance(trials, list) or not trials:
         raise ValueError("measured.trials must be a non-empty list")
     for trial in trials:
-        if not isinstance(trial, dict) or set(trial) != {"weight", "predicted_s", "measured_s", "ratio"}:
-            raise ValueError("each measured trial has weight, predicted_s, measured_s and ratio")
-        if not all(map(_number, trial.values())):
-            raise ValueError("measured trials hold non-negative numbers")
-    if measured["chosen_weight"] not in [t["weight"] for t in trials]:
-        raise ValueError("measured.chosen_weight must be one of its trials' weights")
+        if not isinstance(trial, dict) or set(trial) != {"backend", "weight", "predicted_s", "measured_s", "ratio"}:
+            raise ValueError("each measured trial has backend, weight, predicted_s, measured_s and ratio")
+        if trial["backend"] not in BACKENDS or not all(_number(v) for k, v in trial.items() if k != "backend"):
+            raise ValueError(f"measured trials name one of {', '.join(BACKENDS)} and hold non-negative numbers")
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or not 0 <= chosen < len(trials):
+        raise ValueError("measured.chosen must be the index of one of its trials")

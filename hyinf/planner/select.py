@@ -49,21 +49,29 @@ def make_plan(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, m
 
 def candidate_documents(graph: Graph, grid: OcclusionGrid, device: DeviceFingerprint, *, model_name: str, db: Database | None,
                         strategy: str = "optimal", cost_model_id: int | None = None, backend: str = "torch",
-                        groups_per_axis: int = GROUPS_PER_AXIS, weights: Sequence[float] = WEIGHTS) -> list[tuple[float, PlanDocument]]:
+                        groups_per_axis: int = GROUPS_PER_AXIS, weights: Sequence[float] = WEIGHTS,
+                        rival: bool = False) -> list[tuple[float, PlanDocument]]:
     """(weight, plan document) of each distinct plan of `candidate_plans` under `weights`, the cost
-    model's own optimum first (`make_plan`'s plan): the plans `hyinf plan --measure` runs."""
+    model's own optimum first (`make_plan`'s plan): the plans `hyinf plan --measure` runs. With backend
+    `auto` and `rival`, the other backend's optimum comes last, so measuring can overrule the choice."""
     choice = None
+    backends = [backend]
     if backend == "auto":
         choice = choose_backend(graph, grid, device, db, strategy=strategy)
-        backend = choice.backend
-    model, info = device_costs(db, device, backend, cost_model_id)
+        backends = [choice.backend, *(b for b in BACKENDS if rival and b != choice.backend)]
     chunk = largest_chunk(device.kind)
-    blocks = plan_grid(graph, grid, model, strategy, backend, chunk=chunk, groups_per_axis=groups_per_axis)
     out = []
-    for weight, planned in candidate_plans(graph, blocks, strategy, weights):
-        document = PlanDocument.make(graph, grid, planned, model_name=model_name, device=device, cost_model=info,
-                                     strategy=strategy, backend=backend, chunk=chunk)
-        out.append((weight, document if choice is None else PlanDocument({**document.body, "backend_choice": choice.to_json()})))
+    for k, planned_for in enumerate(backends):
+        model, info = device_costs(db, device, planned_for, cost_model_id)
+        blocks = plan_grid(graph, grid, model, strategy, planned_for, chunk=chunk, groups_per_axis=groups_per_axis)
+        for weight, planned in candidate_plans(graph, blocks, strategy, weights if k == 0 else (1.0,)):
+            document = PlanDocument.make(graph, grid, planned, model_name=model_name, device=device, cost_model=info,
+                                         strategy=strategy, backend=planned_for, chunk=chunk)
+            if choice is not None:
+                own = choice if k == 0 else BackendChoice(planned_for, choice.predicted_s, f"{planned_for}: the rival "
+                                                          f"measured against the predicted choice ({choice.reason})")
+                document = PlanDocument({**document.body, "backend_choice": own.to_json()})
+            out.append((weight, document))
     return out
 
 
